@@ -1,0 +1,145 @@
+"""The `ablate` command line: thin typer verbs over library calls (each tested directly).
+
+Expected problems (a bad config, an unknown study, a missing file) are printed as one clear message and exit
+with status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ablate.core.config_io import ConfigError
+from ablate.core.models import UnknownModelError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Ablation studies for efficient CLIP training: train, launch studies, report.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the bundled benchmark.")
+app.add_typer(data_app, name="data")
+console = Console()
+errors = Console(stderr=True)
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, UnknownModelError)
+
+
+def _fail(message: str) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    config: Path | None = typer.Argument(None, help="TrainConfig YAML; omitted: the embedded defaults"),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="KEY=VALUE, e.g. optim.lr=1e-3 (repeatable)"),
+) -> None:
+    """Train one model (resumes if its run_dir already holds a checkpoint)."""
+    from ablate.core.config_io import load_train_config
+    from ablate.core.trainer import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        train_config = load_train_config(config, overrides)
+        result = run_training(train_config)
+    except USER_ERRORS as err:
+        _fail(str(err))
+    table = Table("metric", "value", title=f"{result.steps} steps, run {result.run_id}")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+
+
+@app.command()
+def launch(study: Path = typer.Argument(..., help="study YAML, e.g. ablations/studies/quickstart.yaml")) -> None:
+    """Run (or continue) an Optuna study whose trials are submitit jobs logging to MLflow."""
+    from ablate.ablations.scheduler import launch as run_study
+
+    try:
+        result = run_study(study, console)
+    except USER_ERRORS as err:
+        _fail(str(err))
+    spec = result.spec
+    table = Table("trial", "state", *[o.metric for o in spec.objectives], "params", title=f"study {spec.name}")
+    for outcome in result.outcomes:
+        values = [f"{v:.4f}" for v in outcome.values] if outcome.values else ["-"] * len(spec.objectives)
+        table.add_row(str(outcome.number), outcome.state, *values, json.dumps(outcome.params, default=str))
+    console.print(table)
+    console.print(f"MLflow: mlflow ui --backend-store-uri {spec.storage.mlflow}\nReport: ablate report {spec.name}")
+
+
+@app.command()
+def report(
+    name: str = typer.Argument(..., help="study name"),
+    tracking_uri: str | None = typer.Option(None, help="MLflow URI; default: the one the study was launched with"),
+    out: Path | None = typer.Option(None, help="output folder; default reports/NAME"),
+    runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
+) -> None:
+    """Write reports/NAME/report.ipynb (executed) and report.html from the study's MLflow runs."""
+    from ablate.analysis.report import build_report
+    from ablate.analysis.runs import StudyNotFoundError
+
+    record = runs_root / name / "study.json"
+    uri = tracking_uri or (json.loads(record.read_text())["storage"]["mlflow"] if record.is_file()
+                           else "sqlite:///mlflow.db")
+    try:
+        notebook = build_report(name, uri, out or Path("reports") / name)
+    except (StudyNotFoundError, *USER_ERRORS) as err:
+        _fail(str(err))
+    console.print(f"report: {notebook} and {notebook.with_suffix('.html')}")
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Path = typer.Option(..., help="output folder (manifest.json + train/ and val/ shards)"),
+    train: int = typer.Option(20000, help="training samples"),
+    val: int = typer.Option(1000, help="held-out samples"),
+    seed: int = typer.Option(0),
+    image_size: int = typer.Option(64, help="pixels per side"),
+    noisy_fraction: float = typer.Option(0.3, help="fraction of alt-texts that are uninformative or wrong"),
+    workers: int = typer.Option(1, help="processes"),
+) -> None:
+    """Render the synthetic shapes benchmark as webdataset shards (deterministic from the seed)."""
+    from ablate.core.data.shapes import generate_shapes
+
+    try:
+        manifest = generate_shapes(out, train=train, val=val, seed=seed, image_size=image_size,
+                                   noisy_fraction=noisy_fraction, workers=workers, progress=True)
+    except (ValueError, *USER_ERRORS) as err:
+        _fail(str(err))
+    counts = {split: info["num_samples"] for split, info in manifest["splits"].items()}
+    console.print(f"wrote {counts} to {out}")
+
+
+@app.command()
+def models(
+    name: str | None = typer.Argument(None, help="one model; omitted: all"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """List the model factory's names with their parameter counts (image, text, total)."""
+    from ablate.core.models import create_model, list_models, parameter_counts
+
+    entries = [entry for entry in list_models() if name in (None, entry.name)]
+    if name and not entries:
+        _fail(str(UnknownModelError(f"unknown model {name!r}; available: {[e.name for e in list_models()]}")))
+    rows = []
+    for entry in entries:
+        model = create_model(entry.name)
+        rows.append({"name": entry.name, "description": entry.description, **parameter_counts(model),
+                     "image_size": model.inputs.image_size, "context_length": model.inputs.context_length})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "image M", "text M", "total M", "px", "ctx", "description")
+    for row in rows:
+        table.add_row(row["name"], f"{row['image'] / 1e6:.2f}", f"{row['text'] / 1e6:.2f}",
+                      f"{row['total'] / 1e6:.2f}", str(row["image_size"]), str(row["context_length"]),
+                      row["description"])
+    console.print(table)
+
+
+def main() -> None:
+    app()

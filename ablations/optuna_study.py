@@ -1,0 +1,60 @@
+"""Turning a StudySpec into Optuna objects. The launcher and every trial job open the same study through here,
+so the job's pruner is exactly the launcher's."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from ablate.ablations.spec import CategoricalParam, FixedParam, FloatParam, IntParam, StudySpec
+
+
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """The sampled part of the search space (fixed parameters are not Optuna's business)."""
+    result: dict[str, BaseDistribution] = {}
+    for name, param in spec.search_space.items():
+        if isinstance(param, FloatParam):
+            result[name] = FloatDistribution(param.low, param.high, log=param.log)
+        elif isinstance(param, IntParam):
+            result[name] = IntDistribution(param.low, param.high, step=param.step, log=param.log)
+        elif isinstance(param, CategoricalParam):
+            result[name] = CategoricalDistribution(param.choices)
+    return result
+
+
+def fixed_params(spec: StudySpec) -> dict[str, Any]:
+    return {name: p.value for name, p in spec.search_space.items() if isinstance(p, FixedParam)}
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    seed = spec.sampler.seed
+    if spec.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler.name == "grid":
+        grid = {name: p.choices for name, p in spec.search_space.items() if isinstance(p, CategoricalParam)}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner.name == "none" or len(spec.objectives) > 1:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=spec.pruner.startup_trials, n_warmup_steps=spec.pruner.warmup_steps
+    )
+
+
+def open_study(spec: StudySpec) -> optuna.Study:
+    """Create the study on first launch, load it on later launches and inside trial jobs."""
+    optuna.logging.set_verbosity(logging.WARNING)
+    return optuna.create_study(
+        storage=spec.optuna_storage,
+        study_name=spec.name,
+        directions=[objective.direction for objective in spec.objectives],
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )

@@ -1,0 +1,40 @@
+"""The study's MLflow parent run: one per study, found again on every relaunch, holding the study-level tags
+the analysis reads (objectives, search space) and, later, the report's figures."""
+
+from __future__ import annotations
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from ablate.ablations.spec import StudySpec
+from ablate.core.tracking import ensure_tracking_store, get_or_create_experiment
+
+
+def open_parent_run(spec: StudySpec) -> str:
+    """The run id of the study's parent run, created on first launch and marked running again on relaunch."""
+    ensure_tracking_store(spec.storage.mlflow)
+    client = MlflowClient(tracking_uri=spec.storage.mlflow)
+    experiment_id = get_or_create_experiment(client, spec.name)
+    existing = client.search_runs(
+        [experiment_id], filter_string="tags.`ablate.role` = 'study'", max_results=1
+    )
+    tags = {
+        "ablate.role": "study",
+        "ablate.study": spec.name,
+        "ablate.objective": json.dumps([objective.model_dump() for objective in spec.objectives]),
+        "ablate.search_space": json.dumps(sorted(spec.search_space)),
+        "ablate.optuna_storage": spec.optuna_storage,
+    }
+    if existing:
+        run_id = existing[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, run_name=f"{spec.name} (study)").info.run_id
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+def close_parent_run(spec: StudySpec, run_id: str, status: str) -> None:
+    MlflowClient(tracking_uri=spec.storage.mlflow).set_terminated(run_id, status=status)

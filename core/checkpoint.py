@@ -1,0 +1,98 @@
+"""Full-state checkpoints: model, optimizer, RNG streams and the step (which is also the data position, since
+the batch order is a pure function of seed and step, and the LR schedule a pure function of the step).
+
+Files are written to a temporary name and renamed, so a job killed mid-write never leaves a truncated
+"latest" checkpoint; they are loaded with `weights_only=True` so a checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+def capture_rng() -> dict:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached"],
+        )
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def list_checkpoints(directory: Path) -> list[Checkpoint]:
+    found = []
+    for path in directory.glob("step_*.pt"):
+        match = CHECKPOINT_PATTERN.search(path.name)
+        if match:
+            found.append(Checkpoint(int(match.group(1)), path))
+    return sorted(found, key=lambda checkpoint: checkpoint.step)
+
+
+def latest_checkpoint(directory: Path) -> Checkpoint | None:
+    checkpoints = list_checkpoints(directory)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(
+    directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int
+) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step_{step:08d}.pt"
+    temporary = path.with_suffix(".pt.tmp")
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": capture_rng(),
+    }
+    torch.save(state, temporary)
+    temporary.replace(path)
+    for old in list_checkpoints(directory)[:-keep]:
+        old.path.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore everything in place and return the step to continue from."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"])
+    return int(state["step"])

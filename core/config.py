@@ -1,0 +1,135 @@
+"""TrainConfig: everything one training run needs, in one validated object.
+
+`core` is driven only through this config (the orchestrator builds one per trial), so every knob a study can
+vary is a field here, reachable by a dotted path such as `optim.lr` or `loss.lambda`. Unknown keys and wrong
+types are errors: a typo in a study must never silently train the default.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are rejected and assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class ModelConfig(StrictModel):
+    """Which dual encoder to build (a name from `ablate models`) and its CLIP temperature."""
+
+    name: str = "tiny"
+    init_logit_scale: float = Field(math.log(1 / 0.07), description="ln(1/τ) at init, open_clip's default")
+    max_logit_scale: float = Field(
+        100.0, gt=0, description="exp(logit_scale) is clamped to this after each step"
+    )
+
+
+class DataConfig(StrictModel):
+    """Where the image–text shards are and how they are read.
+
+    `root` is a folder with a `manifest.json` (the layout `ablate data shapes` writes); when it is None the
+    bundled shapes benchmark is generated once into the cache and reused.
+    """
+
+    root: str | None = None
+    train_caption: Literal["alt", "syn"] = Field(
+        "alt", description="alt: the web alt-text (noisy); syn: a random synthetic caption per sample"
+    )
+    num_workers: int = Field(0, ge=0)
+    shapes_train: int = Field(20000, ge=1, description="bundled benchmark size when root is None")
+    shapes_val: int = Field(1000, ge=1)
+    shapes_seed: int = 0
+
+
+class LossConfig(StrictModel):
+    """The training objective. Only the contrastive CLIP loss exists so far (open_clip semantics)."""
+
+    kind: Literal["clip"] = "clip"
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear warmup then cosine decay to `min_lr`, as open_clip's `cosine_lr`."""
+
+    lr: float = Field(5e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.98, ge=0, lt=1)
+    eps: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip_norm: float | None = Field(1.0, gt=0)
+
+
+class TrainLoopConfig(StrictModel):
+    """Length of the run, batch, precision and how often to log, evaluate and checkpoint."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=2)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(
+        None, ge=1, description="torch threads; default from SLURM_CPUS_PER_TASK or cores"
+    )
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    progress: bool = True
+
+
+class EvalConfig(StrictModel):
+    """Zero-shot classification and retrieval on the held-out split."""
+
+    batch_size: int = Field(256, ge=1)
+    max_samples: int | None = Field(None, ge=1, description="evaluate on the first N val samples only")
+
+
+class TrackingConfig(StrictModel):
+    """MLflow destination. The sqlite default lives in the working directory (design.md)."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "ablate"
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class TrainConfig(StrictModel):
+    """One training run. `run_dir` holds its checkpoints; rerunning with the same `run_dir` resumes."""
+
+    seed: int = 0
+    run_dir: str = "runs/train/default"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.optim.warmup_steps >= self.train.steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be smaller than train.steps "
+                f"({self.train.steps})"
+            )
+        return self
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dict -> {"a.b.c": value}; the form params take in MLflow and paths take in studies."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat

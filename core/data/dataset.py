@@ -1,0 +1,112 @@
+"""Map-style image–text datasets over indexed shards: decode, choose the caption, tokenise.
+
+Training reads (image, caption tokens); evaluation additionally reads the zero-shot labels from each sample's
+`json`. Requests are "visit ids" (epoch·n + index) so that a caption drawn at random is still a pure function
+of the seed and the visit, which keeps resumed runs exact.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from open_clip.tokenizer import SimpleTokenizer
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+
+from ablate.core.data.manifest import Manifest
+from ablate.core.data.tar_index import IndexedShards
+from ablate.core.models.clip import InputSpec
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+def decode_sample_image(sample: dict, inputs: InputSpec) -> torch.Tensor:
+    """Bytes -> normalised float CHW at the model's resolution (bicubic shorter side + centre crop)."""
+    extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    if extension is None:
+        raise KeyError(f"sample {sample['__key__']} has no image (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    raw = torch.frombuffer(bytearray(sample[extension]), dtype=torch.uint8)
+    image = decode_image(raw, mode=ImageReadMode.RGB)
+    if image.shape[-2:] != (inputs.image_size, inputs.image_size):
+        image = TF.resize(
+            image, inputs.image_size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True
+        )
+        image = TF.center_crop(image, inputs.image_size)
+    image = image.float().div_(255.0)
+    return TF.normalize(image, list(inputs.mean), list(inputs.std))
+
+
+def synthetic_captions(sample: dict) -> list[str]:
+    return json.loads(sample["syn.json"])["syn_text"] if "syn.json" in sample else []
+
+
+def read_caption(sample: dict, which: str) -> str:
+    """`txt` is the alt-text; `synN` the N-th synthetic caption."""
+    if which == "txt":
+        return sample["txt"].decode("utf-8")
+    return synthetic_captions(sample)[int(which.removeprefix("syn"))]
+
+
+def lookup(tree: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+class TrainDataset(Dataset):
+    def __init__(
+        self,
+        manifest: Manifest,
+        inputs: InputSpec,
+        caption: Literal["alt", "syn"],
+        seed: int,
+        split: str = "train",
+    ) -> None:
+        self.shards = IndexedShards(manifest.shard_paths(split))
+        self.inputs, self.caption, self.seed = inputs, caption, seed
+        self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, visit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.shards[visit % len(self.shards)]
+        if self.caption == "alt":
+            text = read_caption(sample, "txt")
+        else:
+            captions = synthetic_captions(sample)
+            draw = torch.Generator().manual_seed(self.seed * 1_000_003 + visit)
+            text = captions[int(torch.randint(len(captions), (1,), generator=draw))]
+        return decode_sample_image(sample, self.inputs), self.tokenizer(text)[0]
+
+
+class EvalDataset(Dataset):
+    """Held-out samples, their retrieval caption and one label per zero-shot task (-1 if absent)."""
+
+    def __init__(self, manifest: Manifest, inputs: InputSpec, split: str, max_samples: int | None) -> None:
+        self.shards = IndexedShards(manifest.shard_paths(split))
+        self.length = min(len(self.shards), max_samples or len(self.shards))
+        self.inputs = inputs
+        self.tasks = manifest.zero_shot
+        self.caption = manifest.retrieval.caption if manifest.retrieval else "txt"
+        self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sample = self.shards[index]
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        labels = [self._label(meta, task.label_key, task.classnames) for task in self.tasks.values()]
+        tokens = self.tokenizer(read_caption(sample, self.caption))[0]
+        return decode_sample_image(sample, self.inputs), tokens, torch.tensor(labels, dtype=torch.long)
+
+    @staticmethod
+    def _label(meta: dict, key: str, classnames: list[str]) -> int:
+        try:
+            return classnames.index(str(lookup(meta, key)))
+        except (KeyError, ValueError, TypeError):
+            return -1

@@ -1,0 +1,78 @@
+"""Zero-shot classification and image<->text retrieval on a held-out split.
+
+Zero-shot follows open_clip's `build_zero_shot_classifier`: each class embedding is the renormalised mean of
+its prompt-template embeddings; an image is assigned the class with the highest cosine similarity. Retrieval
+ranks all held-out captions for each image (and all images for each caption); R@k is the fraction whose true
+partner is among the top k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from open_clip.tokenizer import SimpleTokenizer
+from torch.utils.data import DataLoader
+
+from ablate.core.data.dataset import EvalDataset
+from ablate.core.data.manifest import ZeroShotTask
+from ablate.core.models.clip import CLIP
+
+
+@torch.no_grad()
+def zero_shot_classifier(
+    model: CLIP, task: ZeroShotTask, tokenizer: SimpleTokenizer, device: torch.device
+) -> torch.Tensor:
+    """[num_classes, d] unit vectors, one per class name."""
+    weights = []
+    for classname in task.classnames:
+        prompts = tokenizer([template.format(classname) for template in task.templates]).to(device)
+        embedding = model.encode_text(prompts).mean(dim=0)
+        weights.append(F.normalize(embedding, dim=-1))
+    return torch.stack(weights)
+
+
+def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """Row i's true partner is column i; R@k = fraction of rows where it ranks within the top k."""
+    true_scores = similarity.diagonal().unsqueeze(1)
+    rank = (similarity > true_scores).sum(dim=1)  # number of candidates strictly better than the truth
+    return {k: (rank < k).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def evaluate(
+    model: CLIP, dataset: EvalDataset, batch_size: int, device: torch.device, autocast: bool = False
+) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    precision = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    images, texts, labels = [], [], []
+    with precision:
+        for image, tokens, label in DataLoader(dataset, batch_size=batch_size):
+            images.append(model.encode_image(image.to(device)).float().cpu())
+            texts.append(model.encode_text(tokens.to(device)).float().cpu())
+            labels.append(label)
+        classifiers = {
+            name: zero_shot_classifier(model, task, dataset.tokenizer, device).float().cpu()
+            for name, task in dataset.tasks.items()
+        }
+    model.train(was_training)
+    image_features, text_features, label_matrix = torch.cat(images), torch.cat(texts), torch.cat(labels)
+
+    metrics: dict[str, float] = {}
+    for column, (name, weights) in enumerate(classifiers.items()):
+        target = label_matrix[:, column]
+        known = target >= 0
+        if known.any():
+            predicted = (image_features[known] @ weights.T).argmax(dim=1)
+            metrics[f"eval/zeroshot/{name}/top1"] = (predicted == target[known]).float().mean().item()
+    top1 = [value for key, value in metrics.items() if key.endswith("/top1")]
+    if top1:
+        metrics["eval/zeroshot/mean_top1"] = sum(top1) / len(top1)
+
+    similarity = image_features @ text_features.T
+    for direction, matrix in (("i2t", similarity), ("t2i", similarity.T)):
+        for k, value in recall_at_k(matrix).items():
+            metrics[f"eval/retrieval/{direction}_r{k}"] = value
+    return metrics

@@ -1,0 +1,122 @@
+"""The built-in model zoo: CPU-sized pairs for tests and the bundled benchmark, and the published
+MobileCLIP / MobileCLIP2 pairings exactly as open_clip defines them (random init, no download).
+
+Image towers come from timm, text towers from open_clip's `TextTransformer`, so later work (masks, sigmoid
+attention, token merging) sees the same module types whether the model is tiny or real.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import open_clip
+import timm
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.transformer import TextTransformer
+
+from ablate.core.models.clip import CLIP, InputSpec
+from ablate.core.models.registry import register_model
+
+CLIP_VOCAB_SIZE = 49408  # open_clip's SimpleTokenizer (CLIP BPE), bundled in the wheel
+
+
+def _vit_text_pair(
+    *,
+    embed_dim: int,
+    image_size: int,
+    patch_size: int,
+    vision_width: int,
+    vision_depth: int,
+    vision_heads: int,
+    context_length: int,
+    text_width: int,
+    text_depth: int,
+    text_heads: int,
+    **scale: float,
+) -> CLIP:
+    """A timm ViT image tower (class-token pooling, linear head as projection) + a causal text transformer."""
+    visual = timm.create_model(
+        "vit_tiny_patch16_224",  # block/norm layout only; every size below overrides it
+        pretrained=False,
+        img_size=image_size,
+        patch_size=patch_size,
+        embed_dim=vision_width,
+        depth=vision_depth,
+        num_heads=vision_heads,
+        num_classes=embed_dim,
+    )
+    text = TextTransformer(
+        context_length=context_length,
+        vocab_size=CLIP_VOCAB_SIZE,
+        width=text_width,
+        heads=text_heads,
+        layers=text_depth,
+        output_dim=embed_dim,
+    )
+    inputs = InputSpec(image_size, context_length, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
+    return CLIP(visual, text, inputs, **scale)
+
+
+@register_model("tiny", "ViT 64px/8, 4x128 + text 3x128, ctx 32, 128-d: the CPU student for tests and demos")
+def tiny(**scale: float) -> CLIP:
+    return _vit_text_pair(
+        embed_dim=128,
+        image_size=64,
+        patch_size=8,
+        vision_width=128,
+        vision_depth=4,
+        vision_heads=4,
+        context_length=32,
+        text_width=128,
+        text_depth=3,
+        text_heads=4,
+        **scale,
+    )
+
+
+@register_model("small", "ViT 64px/8, 6x256 + text 4x256, ctx 32, 256-d: a CPU model ~8x tiny's towers")
+def small(**scale: float) -> CLIP:
+    return _vit_text_pair(
+        embed_dim=256,
+        image_size=64,
+        patch_size=8,
+        vision_width=256,
+        vision_depth=6,
+        vision_heads=8,
+        context_length=32,
+        text_width=256,
+        text_depth=4,
+        text_heads=8,
+        **scale,
+    )
+
+
+def _from_open_clip(name: str, **scale: float) -> CLIP:
+    """Wrap an open_clip architecture (random init) in our CLIP, keeping its towers and preprocessing."""
+    config = open_clip.get_model_config(name)
+    root_logger = logging.getLogger()
+    was_disabled, root_logger.disabled = root_logger.disabled, True
+    try:  # open_clip warns "No pretrained weights loaded" on the root logger; random init is the intent here
+        reference = open_clip.create_model(name, pretrained=None, force_custom_text=True)
+    finally:
+        root_logger.disabled = was_disabled
+    tag = open_clip.list_pretrained_tags_by_model(name)[0]
+    preprocess = open_clip.get_pretrained_cfg(name, tag)
+    inputs = InputSpec(
+        image_size=int(config["vision_cfg"]["image_size"]),
+        context_length=int(config["text_cfg"]["context_length"]),
+        mean=tuple(preprocess.get("mean", OPENAI_DATASET_MEAN)),
+        std=tuple(preprocess.get("std", OPENAI_DATASET_STD)),
+    )
+    return CLIP(reference.visual, reference.text, inputs, **scale)
+
+
+def _register_open_clip_family() -> None:
+    for name in open_clip.list_models():
+        if name.startswith(("MobileCLIP-", "MobileCLIP2-")):
+            register_model(name, f"open_clip architecture {name} (random init)")(
+                lambda _name=name, **scale: _from_open_clip(_name, **scale)
+            )
+
+
+_register_open_clip_family()

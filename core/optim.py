@@ -1,0 +1,40 @@
+"""AdamW parameter groups and the warmup + cosine learning-rate schedule of open_clip's `cosine_lr`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ablate.core.config import OptimConfig
+
+
+def exclude_from_decay(name: str, parameter: nn.Parameter) -> bool:
+    """open_clip's rule: gains, biases, norms and the temperature get no weight decay."""
+    return parameter.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if exclude_from_decay(name, parameter) else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
+
+
+def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
+    """Linear warmup to `lr` over `warmup_steps` (step+1 as open_clip), then cosine to `min_lr` at the end."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

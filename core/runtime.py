@@ -1,0 +1,42 @@
+"""Process-level settings a run needs before it builds anything: threads, seeds, device."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_threads(requested: int | None) -> int:
+    """Explicit setting, else the SLURM allocation, else the CPUs this process may run on.
+
+    Without cgroups SLURM does not bind CPUs (environment.md), so torch would otherwise start one thread per
+    core of the node and oversubscribe it when several trials share a machine.
+    """
+    if requested:
+        return requested
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def configure_threads(requested: int | None) -> int:
+    threads = resolve_threads(requested)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(requested)

@@ -1,0 +1,230 @@
+"""The training loop: one TrainConfig in, one TrainResult out.
+
+It knows nothing about studies. The orchestrator steers it through `on_eval` callbacks (report to Optuna,
+answer "stop" when pruned). A run folder holds its checkpoints; starting a run whose folder already has one
+continues from it, bit-exactly on CPU (see checkpoint.py and data/sampler.py for why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from ablate.core import losses
+from ablate.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ablate.core.config import TrainConfig
+from ablate.core.data.bundled import resolve_data_root
+from ablate.core.data.dataset import EvalDataset, TrainDataset
+from ablate.core.data.manifest import load_manifest
+from ablate.core.data.sampler import StepBatchSampler
+from ablate.core.evaluation import evaluate
+from ablate.core.models import CLIP, create_model, parameter_counts
+from ablate.core.optim import build_optimizer, learning_rate, set_learning_rate
+from ablate.core.runtime import configure_threads, resolve_device, seed_everything
+from ablate.core.tracking import RunTracker
+
+log = logging.getLogger("ablate.train")
+
+EvalCallback = Callable[[int, dict[str, float]], bool]
+"""on_eval(step, metrics) -> True to stop the run early (e.g. the trial was pruned)."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    metrics: dict[str, float]
+    stopped_early: bool
+    run_id: str | None
+    resumed_from: int | None
+    wall_seconds: float
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def compute_loss(
+    model: CLIP, images: torch.Tensor, tokens: torch.Tensor, config: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """The objective of the run; every term it logs is returned under its metric name."""
+    image_features, text_features, logit_scale = model(images, tokens)
+    clip = losses.clip_loss(image_features.float(), text_features.float(), logit_scale)
+    return {"loss": clip, "loss_clip": clip}
+
+
+def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = ()) -> TrainResult:
+    """Run (or resume) one training run to its last step, or until a callback asks to stop."""
+    return Trainer(config, callbacks).run()
+
+
+class Trainer:
+    """Builds the run's pieces once (model, optimizer, data, tracker) and drives the step loop."""
+
+    def __init__(self, config: TrainConfig, callbacks: Sequence[EvalCallback] = ()) -> None:
+        self.config, self.callbacks = config, list(callbacks)
+        self.threads = configure_threads(config.train.threads)
+        self.device = resolve_device(config.train.device)
+        seed_everything(config.seed)
+        self.run_dir = Path(config.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+
+        self.model = create_model(
+            config.model.name,
+            init_logit_scale=config.model.init_logit_scale,
+            max_logit_scale=config.model.max_logit_scale,
+        ).to(self.device)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        checkpoint = latest_checkpoint(self.checkpoint_dir)
+        self.start_step = load_checkpoint(checkpoint.path, self.model, self.optimizer) if checkpoint else 0
+        self.resumed = checkpoint is not None
+
+        manifest = load_manifest(resolve_data_root(config.data))
+        train_set = TrainDataset(manifest, self.model.inputs, config.data.train_caption, config.seed)
+        self.eval_set = EvalDataset(manifest, self.model.inputs, "val", config.eval.max_samples)
+        sampler = StepBatchSampler(
+            len(train_set), config.train.batch_size, config.seed, self.start_step, config.train.steps
+        )
+        workers = config.data.num_workers
+        self.loader = DataLoader(
+            train_set,
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+        )
+        self.tracker = RunTracker(config, self.run_dir) if config.tracking.enabled else None
+
+    def run(self) -> TrainResult:
+        started = time.perf_counter()
+        run_id = self.tracker.run_id if self.tracker else None
+        if self.tracker and not self.resumed:
+            counts = {f"model/params_{k}": v for k, v in parameter_counts(self.model).items()}
+            self.tracker.log_metrics(counts | {"system/threads": self.threads}, 0)
+        log.info(
+            "run %s: %s from step %d/%d on %s with %d threads",
+            run_id or "(untracked)",
+            self.config.model.name,
+            self.start_step,
+            self.config.train.steps,
+            self.device,
+            self.threads,
+        )
+        result = TrainResult(
+            self.start_step, {}, False, run_id, self.start_step if self.resumed else None, 0.0
+        )
+        try:
+            self._loop(result)
+        except BaseException:
+            if self.tracker:
+                self.tracker.finish("FAILED")
+            raise
+        if self.tracker:
+            self.tracker.finish("FINISHED")
+        result.wall_seconds = time.perf_counter() - started
+        return result
+
+    def _loop(self, result: TrainResult) -> None:
+        config, settings, model, optimizer = self.config, self.config.train, self.model, self.optimizer
+        bf16 = settings.precision == "bf16"
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        )
+        window_loss = torch.zeros((), device=self.device)
+        window_start, window_steps = time.perf_counter(), 0
+        model.train()
+        with _progress(settings.progress, settings.steps, self.start_step) as (progress, task):
+            for step, (images, tokens) in enumerate(self.loader, start=self.start_step):
+                lr = learning_rate(step, settings.steps, config.optim)
+                set_learning_rate(optimizer, lr)
+                with autocast:
+                    terms = compute_loss(
+                        model,
+                        images.to(self.device, non_blocking=True),
+                        tokens.to(self.device, non_blocking=True),
+                        config,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                if config.optim.grad_clip_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
+                optimizer.step()
+                model.clamp_logit_scale()
+                window_loss += terms["loss"].detach()  # summed on device: no host sync until the log step
+                window_steps += 1
+                done = result.steps = step + 1
+
+                if done % settings.log_every == 0 or done == settings.steps:
+                    train_metrics = {
+                        "train/loss": (window_loss / window_steps).item(),
+                        "train/lr": lr,
+                        "train/logit_scale": model.logit_scale.exp().item(),
+                        "train/samples_per_s": window_steps
+                        * settings.batch_size
+                        / (time.perf_counter() - window_start),
+                    }
+                    if not math.isfinite(train_metrics["train/loss"]):
+                        raise FloatingPointError(
+                            f"training loss is {train_metrics['train/loss']} at step {done}"
+                        )
+                    if self.tracker:
+                        self.tracker.log_metrics(train_metrics, done)
+                    progress.update(
+                        task,
+                        completed=done,
+                        loss=train_metrics["train/loss"],
+                        speed=train_metrics["train/samples_per_s"],
+                    )
+                    window_loss.zero_()
+                    window_start, window_steps = time.perf_counter(), 0
+
+                if done % settings.eval_every == 0 or done == settings.steps:
+                    stop = self._evaluate(done, result, bf16)
+                    window_start = time.perf_counter()  # evaluation time is not training throughput
+                    if stop:
+                        result.stopped_early = True
+                        self._save(done)
+                        return
+
+                if done % settings.checkpoint_every == 0 or done == settings.steps:
+                    self._save(done)
+
+    def _evaluate(self, step: int, result: TrainResult, bf16: bool) -> bool:
+        """Evaluate, log, and ask the callbacks whether to stop."""
+        metrics = evaluate(self.model, self.eval_set, self.config.eval.batch_size, self.device, bf16)
+        result.metrics = metrics
+        result.history.append((step, metrics))
+        if self.tracker:
+            self.tracker.log_metrics(metrics, step)
+        log.info(
+            "step %d: %s", step, ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items())
+        )
+        return any(callback(step, metrics) for callback in self.callbacks)
+
+    def _save(self, step: int) -> None:
+        save_checkpoint(
+            self.checkpoint_dir, step, self.model, self.optimizer, self.config.train.keep_checkpoints
+        )
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, start: int):
+    """A rich bar with loss and samples/s; silent when disabled (e.g. inside trial jobs writing to files)."""
+    columns = [
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TextColumn("{task.fields[speed]:.0f} samples/s"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, disable=not enabled, transient=False) as progress:
+        task = progress.add_task("train", total=total, completed=start, loss=float("nan"), speed=0.0)
+        yield progress, task

@@ -1,0 +1,1 @@
+"""Executors for trial jobs (submitit): local processes now, SLURM clusters through the same interface."""
