@@ -17,8 +17,12 @@ from rich.table import Table
 from ablate.core.config_io import ConfigError
 from ablate.core.models import UnknownModelError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Ablation studies for efficient CLIP training: train, launch studies, report.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Ablation studies for efficient CLIP training: train, launch studies, report.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the bundled benchmark.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -54,7 +58,9 @@ def train(
 
 
 @app.command()
-def launch(study: Path = typer.Argument(..., help="study YAML, e.g. ablations/studies/quickstart.yaml")) -> None:
+def launch(
+    study: Path = typer.Argument(..., help="study YAML, e.g. ablations/studies/quickstart.yaml"),
+) -> None:
     """Run (or continue) an Optuna study whose trials are submitit jobs logging to MLflow."""
     from ablate.ablations.scheduler import launch as run_study
 
@@ -63,18 +69,24 @@ def launch(study: Path = typer.Argument(..., help="study YAML, e.g. ablations/st
     except USER_ERRORS as err:
         _fail(str(err))
     spec = result.spec
-    table = Table("trial", "state", *[o.metric for o in spec.objectives], "params", title=f"study {spec.name}")
+    table = Table(
+        "trial", "state", *[o.metric for o in spec.objectives], "params", title=f"study {spec.name}"
+    )
     for outcome in result.outcomes:
         values = [f"{v:.4f}" for v in outcome.values] if outcome.values else ["-"] * len(spec.objectives)
         table.add_row(str(outcome.number), outcome.state, *values, json.dumps(outcome.params, default=str))
     console.print(table)
-    console.print(f"MLflow: mlflow ui --backend-store-uri {spec.storage.mlflow}\nReport: ablate report {spec.name}")
+    console.print(
+        f"MLflow: mlflow ui --backend-store-uri {spec.storage.mlflow}\nReport: ablate report {spec.name}"
+    )
 
 
 @app.command()
 def report(
     name: str = typer.Argument(..., help="study name"),
-    tracking_uri: str | None = typer.Option(None, help="MLflow URI; default: the one the study was launched with"),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow URI; default: the one the study was launched with"
+    ),
     out: Path | None = typer.Option(None, help="output folder; default reports/NAME"),
     runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
 ) -> None:
@@ -83,8 +95,9 @@ def report(
     from ablate.analysis.runs import StudyNotFoundError
 
     record = runs_root / name / "study.json"
-    uri = tracking_uri or (json.loads(record.read_text())["storage"]["mlflow"] if record.is_file()
-                           else "sqlite:///mlflow.db")
+    uri = tracking_uri or (
+        json.loads(record.read_text())["storage"]["mlflow"] if record.is_file() else "sqlite:///mlflow.db"
+    )
     try:
         notebook = build_report(name, uri, out or Path("reports") / name)
     except (StudyNotFoundError, *USER_ERRORS) as err:
@@ -106,8 +119,16 @@ def data_shapes(
     from ablate.core.data.shapes import generate_shapes
 
     try:
-        manifest = generate_shapes(out, train=train, val=val, seed=seed, image_size=image_size,
-                                   noisy_fraction=noisy_fraction, workers=workers, progress=True)
+        manifest = generate_shapes(
+            out,
+            train=train,
+            val=val,
+            seed=seed,
+            image_size=image_size,
+            noisy_fraction=noisy_fraction,
+            workers=workers,
+            progress=True,
+        )
     except (ValueError, *USER_ERRORS) as err:
         _fail(str(err))
     counts = {split: info["num_samples"] for split, info in manifest["splits"].items()}
@@ -128,16 +149,29 @@ def models(
     rows = []
     for entry in entries:
         model = create_model(entry.name)
-        rows.append({"name": entry.name, "description": entry.description, **parameter_counts(model),
-                     "image_size": model.inputs.image_size, "context_length": model.inputs.context_length})
+        rows.append(
+            {
+                "name": entry.name,
+                "description": entry.description,
+                **parameter_counts(model),
+                "image_size": model.inputs.image_size,
+                "context_length": model.inputs.context_length,
+            }
+        )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table("name", "image M", "text M", "total M", "px", "ctx", "description")
     for row in rows:
-        table.add_row(row["name"], f"{row['image'] / 1e6:.2f}", f"{row['text'] / 1e6:.2f}",
-                      f"{row['total'] / 1e6:.2f}", str(row["image_size"]), str(row["context_length"]),
-                      row["description"])
+        table.add_row(
+            row["name"],
+            f"{row['image'] / 1e6:.2f}",
+            f"{row['text'] / 1e6:.2f}",
+            f"{row['total'] / 1e6:.2f}",
+            str(row["image_size"]),
+            str(row["context_length"]),
+            row["description"],
+        )
     console.print(table)
 
 

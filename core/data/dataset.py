@@ -7,14 +7,16 @@ of the seed and the visit, which keeps resumed runs exact.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Literal
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from open_clip.tokenizer import SimpleTokenizer
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 from ablate.core.data.manifest import Manifest
 from ablate.core.data.tar_index import IndexedShards
@@ -28,8 +30,8 @@ def decode_sample_image(sample: dict, inputs: InputSpec) -> torch.Tensor:
     extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if extension is None:
         raise KeyError(f"sample {sample['__key__']} has no image (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    raw = torch.frombuffer(bytearray(sample[extension]), dtype=torch.uint8)
-    image = decode_image(raw, mode=ImageReadMode.RGB)
+    with Image.open(io.BytesIO(sample[extension])) as decoded:
+        image = torch.from_numpy(np.asarray(decoded.convert("RGB"))).permute(2, 0, 1)
     if image.shape[-2:] != (inputs.image_size, inputs.image_size):
         image = TF.resize(
             image, inputs.image_size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True

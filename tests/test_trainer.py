@@ -1,0 +1,110 @@
+"""The trainer learns, logs to MLflow, stops on request, and resumes bit-exactly after being killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from train_helpers import fast_config
+
+from ablate.core.checkpoint import latest_checkpoint
+from ablate.core.config import TrainConfig
+from ablate.core.trainer import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_zero_shot_accuracy_rises_clearly_above_chance(tmp_path: Path, shapes_root: Path) -> None:
+    tree = fast_config(
+        tmp_path,
+        shapes_root,
+        {
+            "train.steps": 150,
+            "train.batch_size": 64,
+            "train.eval_every": 150,
+            "train.checkpoint_every": 150,
+            "optim.lr": 2e-3,
+            "optim.warmup_steps": 15,
+            "eval.max_samples": None,
+            "tracking.enabled": False,
+        },
+    )
+    result = train(TrainConfig.model_validate(tree))
+    colour_chance, retrieval_chance = 1 / 10, 5 / 256
+    assert result.metrics["eval/zeroshot/colour/top1"] > 3 * colour_chance
+    assert result.metrics["eval/retrieval/t2i_r5"] > 3 * retrieval_chance
+    assert result.metrics["eval/retrieval/i2t_r5"] > 3 * retrieval_chance
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path, shapes_root: Path) -> None:
+    overrides = {"train.steps": 60, "train.eval_every": 20, "train.checkpoint_every": 10}
+    uninterrupted = train(TrainConfig.model_validate(fast_config(tmp_path / "a", shapes_root, overrides)))
+
+    tree = fast_config(tmp_path / "b", shapes_root, overrides)
+    config_path = tmp_path / "b.yaml"
+    config_path.write_text(yaml.safe_dump(tree))
+    checkpoints = Path(tree["run_dir"]) / "checkpoints"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ablate", "train", str(config_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while latest_checkpoint(checkpoints) is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = latest_checkpoint(checkpoints)
+    assert killed_at is not None and killed_at.step < 60, "the run must be killed part-way"
+    run_id_before = json.loads((Path(tree["run_dir"]) / "mlflow_run.json").read_text())["run_id"]
+
+    resumed = train(TrainConfig.model_validate(tree))
+    assert resumed.resumed_from == killed_at.step
+    assert resumed.run_id == run_id_before  # the same MLflow run continues
+    assert resumed.metrics == uninterrupted.metrics
+    final_a = torch.load(latest_checkpoint(tmp_path / "a" / "run" / "checkpoints").path, weights_only=True)
+    final_b = torch.load(latest_checkpoint(checkpoints).path, weights_only=True)
+    for name, tensor in final_a["model"].items():
+        assert torch.equal(tensor, final_b["model"][name]), name
+
+
+def test_run_is_tracked_in_mlflow(tmp_path: Path, shapes_root: Path) -> None:
+    tree = fast_config(
+        tmp_path, shapes_root, {"tracking.run_name": "tracked", "tracking.tags": {"team": "x"}}
+    )
+    result = train(TrainConfig.model_validate(tree))
+    client = MlflowClient(tracking_uri=tree["tracking"]["uri"])
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == "0.001" and run.data.params["model.name"] == "tiny"
+    assert run.data.tags["team"] == "x"
+    for tag in ("ablate.git_sha", "ablate.host", "ablate.torch", "ablate.version"):
+        assert run.data.tags[tag]
+    history = client.get_metric_history(result.run_id, "eval/zeroshot/mean_top1")
+    assert [m.step for m in history] == [15, 30]
+    assert history[-1].value == pytest.approx(result.metrics["eval/zeroshot/mean_top1"])
+    assert len(client.get_metric_history(result.run_id, "train/loss")) == 6  # every 5 of 30 steps
+    artifacts = [a.path for a in client.list_artifacts(result.run_id)]
+    assert "config.yaml" in artifacts
+
+
+def test_callback_stops_the_run_and_leaves_a_checkpoint(tmp_path: Path, shapes_root: Path) -> None:
+    seen: list[int] = []
+
+    def stop_at_first_eval(step: int, metrics: dict[str, float]) -> bool:
+        seen.append(step)
+        return True
+
+    tree = fast_config(tmp_path, shapes_root, {"tracking.enabled": False})
+    result = train(TrainConfig.model_validate(tree), [stop_at_first_eval])
+    assert result.stopped_early and result.steps == 15 and seen == [15]
+    assert latest_checkpoint(Path(tree["run_dir"]) / "checkpoints").step == 15
