@@ -3,6 +3,7 @@ so the job's pruner is exactly the launcher's."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -33,10 +34,30 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     seed = spec.sampler.seed
     if spec.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if spec.sampler.name == "grid":
-        grid = {name: p.choices for name, p in spec.search_space.items() if isinstance(p, CategoricalParam)}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+    if spec.sampler.name == "grid":  # the grid itself is enqueued (enqueue_grid); nothing is left to sample
+        return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every combination of the categorical choices, in a stable order."""
+    names = [name for name, p in spec.search_space.items() if isinstance(p, CategoricalParam)]
+    choices = [spec.search_space[name].choices for name in names]
+    return [dict(zip(names, combination, strict=True)) for combination in itertools.product(*choices)]
+
+
+def enqueue_grid(study: optuna.Study, spec: StudySpec) -> None:
+    """Queue the grid points no trial has taken yet.
+
+    Optuna's GridSampler calls `study.stop()` when the grid is exhausted, which raises outside `optimize()`,
+    i.e. under ask/tell. Enqueued fixed trials give the same coverage and survive relaunches: they are stored
+    as WAITING and handed out by the next `ask`.
+    """
+    taken = [trial.params for trial in study.get_trials(deepcopy=False)]
+    taken += [trial.system_attrs.get("fixed_params", {}) for trial in study.get_trials(deepcopy=False)]
+    for point in grid_points(spec):
+        if point not in taken:
+            study.enqueue_trial(point)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ablate.ablations.optuna_study import distributions, fixed_params, open_study
+from ablate.ablations.optuna_study import distributions, enqueue_grid, fixed_params, grid_points, open_study
 from ablate.ablations.parent_run import close_parent_run, open_parent_run
 from ablate.ablations.spec import StudySpec, load_study
 from ablate.ablations.trial import TrialJob, config_hash
@@ -75,6 +75,10 @@ class StudyScheduler:
         self.executor = make_executor(spec.executor.kind, spec.run_folder / "jobs", spec.executor.timeout_min)
         self.threads = threads_per_trial(spec.executor.threads_per_trial, spec.budget.parallel)
         self.running: dict[int, tuple[optuna.Trial, Any, dict[str, Any]]] = {}
+        self.budget = spec.budget.trials
+        if spec.sampler.name == "grid":
+            enqueue_grid(self.study, spec)
+            self.budget = min(self.budget, len(grid_points(spec)))
 
     def run(self) -> LaunchResult:
         self._fail_orphans()
@@ -104,7 +108,7 @@ class StudyScheduler:
         """Submit trials while slots and budget allow; False once the budget is spent."""
         while len(self.running) < self.spec.budget.parallel:
             done = len(self.study.get_trials(deepcopy=False, states=FINISHED_STATES))
-            if done + len(self.running) >= self.spec.budget.trials:
+            if done + len(self.running) >= self.budget:
                 return False
             self._submit(self.study.ask(distributions(self.spec)))
         return True

@@ -46,10 +46,8 @@ class TrialJob:
         callbacks = [self._pruning_callback(spec)] if len(spec.objectives) == 1 else []
         try:
             result = train(config, callbacks)
-        except Exception as err:
-            self._tag_run(
-                config, {"ablate.state": "failed", "ablate.error": f"{type(err).__name__}: {err}"[:4000]}
-            )
+        except Exception:
+            self._tag_run(config, {"ablate.state": "failed"})  # the trainer has recorded the error itself
             raise
         self._tag_run(config, {"ablate.state": "pruned" if result.stopped_early else "finished"})
         return {

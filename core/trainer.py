@@ -75,23 +75,34 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
+        self.tracker = RunTracker(config, self.run_dir) if config.tracking.enabled else None
+
+    def _build(self) -> None:
+        """Model, optimizer (restored from the latest checkpoint if any) and data; inside `run` so that a
+        failure here (a missing dataset, an unknown model) is recorded on the run."""
         self.model = create_model(
-            config.model.name,
-            init_logit_scale=config.model.init_logit_scale,
-            max_logit_scale=config.model.max_logit_scale,
+            self.config.model.name,
+            init_logit_scale=self.config.model.init_logit_scale,
+            max_logit_scale=self.config.model.max_logit_scale,
         ).to(self.device)
-        self.optimizer = build_optimizer(self.model, config.optim)
+        self.optimizer = build_optimizer(self.model, self.config.optim)
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         self.start_step = load_checkpoint(checkpoint.path, self.model, self.optimizer) if checkpoint else 0
         self.resumed = checkpoint is not None
 
-        manifest = load_manifest(resolve_data_root(config.data))
-        train_set = TrainDataset(manifest, self.model.inputs, config.data.train_caption, config.seed)
-        self.eval_set = EvalDataset(manifest, self.model.inputs, "val", config.eval.max_samples)
-        sampler = StepBatchSampler(
-            len(train_set), config.train.batch_size, config.seed, self.start_step, config.train.steps
+        manifest = load_manifest(resolve_data_root(self.config.data))
+        train_set = TrainDataset(
+            manifest, self.model.inputs, self.config.data.train_caption, self.config.seed
         )
-        workers = config.data.num_workers
+        self.eval_set = EvalDataset(manifest, self.model.inputs, "val", self.config.eval.max_samples)
+        sampler = StepBatchSampler(
+            len(train_set),
+            self.config.train.batch_size,
+            self.config.seed,
+            self.start_step,
+            self.config.train.steps,
+        )
+        workers = self.config.data.num_workers
         self.loader = DataLoader(
             train_set,
             batch_sampler=sampler,
@@ -100,30 +111,30 @@ class Trainer:
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None,
         )
-        self.tracker = RunTracker(config, self.run_dir) if config.tracking.enabled else None
 
     def run(self) -> TrainResult:
         started = time.perf_counter()
         run_id = self.tracker.run_id if self.tracker else None
-        if self.tracker and not self.resumed:
-            counts = {f"model/params_{k}": v for k, v in parameter_counts(self.model).items()}
-            self.tracker.log_metrics(counts | {"system/threads": self.threads}, 0)
-        log.info(
-            "run %s: %s from step %d/%d on %s with %d threads",
-            run_id or "(untracked)",
-            self.config.model.name,
-            self.start_step,
-            self.config.train.steps,
-            self.device,
-            self.threads,
-        )
-        result = TrainResult(
-            self.start_step, {}, False, run_id, self.start_step if self.resumed else None, 0.0
-        )
         try:
+            self._build()
+            if self.tracker and not self.resumed:
+                counts = {f"model/params_{k}": v for k, v in parameter_counts(self.model).items()}
+                self.tracker.log_metrics(counts | {"system/threads": self.threads}, 0)
+            log.info(
+                "run %s: %s from step %d/%d on %s with %d threads",
+                run_id or "(untracked)",
+                self.config.model.name,
+                self.start_step,
+                self.config.train.steps,
+                self.device,
+                self.threads,
+            )
+            resumed_from = self.start_step if self.resumed else None
+            result = TrainResult(self.start_step, {}, False, run_id, resumed_from, 0.0)
             self._loop(result)
-        except BaseException:
+        except BaseException as err:
             if self.tracker:
+                self.tracker.set_tags({"ablate.error": f"{type(err).__name__}: {err}"[:4000]})
                 self.tracker.finish("FAILED")
             raise
         if self.tracker:

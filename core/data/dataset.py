@@ -31,7 +31,7 @@ def decode_sample_image(sample: dict, inputs: InputSpec) -> torch.Tensor:
     if extension is None:
         raise KeyError(f"sample {sample['__key__']} has no image (looked for {', '.join(IMAGE_EXTENSIONS)})")
     with Image.open(io.BytesIO(sample[extension])) as decoded:
-        image = torch.from_numpy(np.asarray(decoded.convert("RGB"))).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
     if image.shape[-2:] != (inputs.image_size, inputs.image_size):
         image = TF.resize(
             image, inputs.image_size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True
