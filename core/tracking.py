@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import subprocess
 import tempfile
 import time
@@ -34,12 +35,26 @@ def ensure_tracking_store(uri: str) -> None:
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """For a sqlite store, artifacts go to `mlartifacts/<experiment>` beside the database file.
+
+    MLflow's own default is `./mlruns` under whatever directory the creating process happened to run in,
+    which scatters a study's artifacts; a server store (http://...) decides for itself (None).
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    database = Path(tracking_uri.removeprefix(prefix)).resolve()
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+    return (database.parent / "mlartifacts" / safe_name).as_uri()
+
+
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     except mlflow.exceptions.MlflowException:  # another process created it between our two calls
         return client.get_experiment_by_name(name).experiment_id
 

@@ -95,6 +95,7 @@ def test_run_is_tracked_in_mlflow(tmp_path: Path, shapes_root: Path) -> None:
     assert len(client.get_metric_history(result.run_id, "train/loss")) == 6  # every 5 of 30 steps
     artifacts = [a.path for a in client.list_artifacts(result.run_id)]
     assert "config.yaml" in artifacts
+    assert list((tmp_path / "mlartifacts" / "tests").glob("*/artifacts/config.yaml"))  # beside the database
 
 
 def test_callback_stops_the_run_and_leaves_a_checkpoint(tmp_path: Path, shapes_root: Path) -> None:

@@ -1,0 +1,32 @@
+# The two quick-start commands: `make demo` (the bundled quickstart study, then its report) and `make test`.
+# Each creates .venv on first use and installs the exact tested versions from constraints.txt.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint format install clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+demo: $(INSTALLED)
+	HF_HUB_OFFLINE=1 $(BIN)/ablate launch ablations/studies/quickstart.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/ablate report quickstart
+
+test: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+format: $(INSTALLED)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf runs mlflow.db mlartifacts reports/quickstart
