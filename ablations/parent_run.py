@@ -25,6 +25,7 @@ def open_parent_run(spec: StudySpec) -> str:
         "ablate.objective": json.dumps([objective.model_dump() for objective in spec.objectives]),
         "ablate.search_space": json.dumps(sorted(spec.search_space)),
         "ablate.optuna_storage": spec.optuna_storage,
+        "ablate.description": spec.description,
     }
     if existing:
         run_id = existing[0].info.run_id
@@ -33,6 +34,7 @@ def open_parent_run(spec: StudySpec) -> str:
         run_id = client.create_run(experiment_id, run_name=f"{spec.name} (study)").info.run_id
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+    client.log_text(run_id, spec.model_dump_json(indent=2), "study/study.json")
     return run_id
 
 

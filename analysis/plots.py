@@ -21,7 +21,7 @@ from ablate.analysis.runs import metric_column, param_column
 from ablate.analysis.stats import summarise
 
 FIGURE_FORMATS = ("png", "svg")
-_LOG_SCALE_RATIO = 100  # positive values spanning two decades (learning rates) read better on a log axis
+_LOG_SCALE_RATIO = 10  # positive values spanning a decade or more (learning rates) read better on a log axis
 
 
 def set_style() -> None:
@@ -61,20 +61,22 @@ def plot_metric_vs_param(runs: pd.DataFrame, metric: str, param: str, ax: Axes |
 
     ax.scatter(positions, trials[value], s=18, alpha=0.5, color="C0", label="runs")
     summary = summarise(trials.assign(_x=positions), value, by="_x", params=[]).sort_values("_x")
-    ax.errorbar(
-        summary["_x"],
-        summary["mean"],
-        yerr=summary["ci95"].fillna(0),
-        fmt="o-",
-        color="C0",
-        capsize=3,
-        label="mean ± 95% CI",
-    )
+    if (summary["n"] > 1).any():  # a line through single runs of a sampled continuous parameter would mislead
+        ax.errorbar(
+            summary["_x"],
+            summary["mean"],
+            yerr=summary["ci95"].fillna(0),
+            fmt="o-",
+            color="C0",
+            capsize=3,
+            label="mean ± 95% CI",
+        )
     baselines = runs[is_baseline].groupby("baseline")[value].mean().dropna()
     for i, (name, level) in enumerate(baselines.items(), start=1):
         ax.axhline(level, linestyle="--", color=f"C{i}", label=f"{name} (baseline)")
     if numeric and _wants_log_scale(trials[x]):
         ax.set_xscale("log")
+    ax.tick_params(axis="x", labelrotation=30)
     ax.set_xlabel(x.removeprefix("param."))
     ax.set_ylabel(value.removeprefix("metric."))
     ax.legend(fontsize="small")
