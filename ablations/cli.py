@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.table import Table
 
 from ablate.core.config_io import ConfigError
 from ablate.core.models import UnknownModelError
+
+if TYPE_CHECKING:
+    from ablate.ablations.scheduler import LaunchResult
 
 app = typer.Typer(
     add_completion=False,
@@ -59,34 +63,114 @@ def train(
 
 @app.command()
 def launch(
-    study: Path = typer.Argument(..., help="study YAML, e.g. ablations/studies/quickstart.yaml"),
+    study: Path = typer.Argument(..., help="study YAML (see ablations/studies/)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and show the plan; run nothing"),
 ) -> None:
     """Run (or continue) an Optuna study whose trials are submitit jobs logging to MLflow."""
+    from ablate.ablations.plan import describe, plan_study
     from ablate.ablations.scheduler import launch as run_study
+    from ablate.ablations.scheduler import prepare
 
     try:
+        if dry_run:
+            spec, base = prepare(study)
+            for line in describe(plan_study(spec, base, str(study))):
+                console.print(line, highlight=False, soft_wrap=True)
+            return
         result = run_study(study, console)
     except USER_ERRORS as err:
         _fail(str(err))
+    _print_outcomes(result)
+
+
+def _print_outcomes(result: LaunchResult) -> None:
     spec = result.spec
-    table = Table(
-        "trial", "state", *[o.metric for o in spec.objectives], "params", title=f"study {spec.name}"
-    )
+    metrics = [objective.metric for objective in spec.objectives]
+    table = Table("configuration", "state", *metrics, "params", title=f"study {spec.name}: this launch")
     for outcome in result.outcomes:
-        values = [f"{v:.4f}" for v in outcome.values] if outcome.values else ["-"] * len(spec.objectives)
-        table.add_row(str(outcome.number), outcome.state, *values, json.dumps(outcome.params, default=str))
+        values = [f"{v:.4f}" for v in outcome.values] if outcome.values else ["-"] * len(metrics)
+        table.add_row(outcome.label, outcome.state, *values, json.dumps(outcome.params, default=str))
     console.print(table)
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {spec.storage.mlflow}")
+    console.print(f"Status:    ablate status {spec.name}    Report: ablate report {spec.name}")
+
+
+@app.command()
+def resume(
+    name: str = typer.Argument(..., help="study name"),
+    runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
+) -> None:
+    """Continue a launched study from its recorded spec (same as launching its file again)."""
+    from ablate.ablations.control import STUDY_RECORD, load_recorded_spec
+    from ablate.ablations.scheduler import launch as run_study
+
+    try:
+        load_recorded_spec(name, runs_root)
+        result = run_study(runs_root / name / STUDY_RECORD, console)
+    except USER_ERRORS as err:
+        _fail(str(err))
+    _print_outcomes(result)
+
+
+@app.command()
+def status(
+    name: str = typer.Argument(..., help="study name"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
+) -> None:
+    """Trials by state, the best so far per objective, running jobs and compute spent."""
+    from ablate.ablations.control import load_recorded_spec, study_status
+
+    try:
+        info = study_status(load_recorded_spec(name, runs_root))
+    except USER_ERRORS as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    states = ", ".join(f"{count} {state}" for state, count in info["trials"].items()) or "none"
     console.print(
-        f"MLflow: mlflow ui --backend-store-uri {spec.storage.mlflow}\nReport: ablate report {spec.name}"
+        f"study {name}: {states} of a budget of {info['budget']}; launcher "
+        f"{'running' if info['launcher_alive'] else 'not running'}; {info['cpu_hours']:.3f} CPU-hours"
     )
+    for metric, best in info["best"].items():
+        console.print(f"best {metric}: {best['value']:.4f} (trial {best['trial']}, {best['params']})", highlight=False)
+    for job in info["running_jobs"]:
+        console.print(f"running: pid {job['pid']} in {job['run_dir']}", highlight=False)
+
+
+@app.command()
+def cancel(
+    name: str = typer.Argument(..., help="study name"),
+    runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
+) -> None:
+    """Stop a study: its launcher cancels the running jobs; without a launcher, the jobs are stopped here."""
+    from ablate.ablations.control import load_recorded_spec, request_cancel
+
+    try:
+        console.print(request_cancel(load_recorded_spec(name, runs_root)))
+    except USER_ERRORS as err:
+        _fail(str(err))
+
+
+@app.command("list")
+def list_command(runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files")) -> None:
+    """The studies launched from this directory, with their trial counts."""
+    from ablate.ablations.control import list_studies, load_recorded_spec, study_status
+
+    table = Table("study", "trials", "budget", "description")
+    for name in list_studies(runs_root):
+        spec = load_recorded_spec(name, runs_root)
+        info = study_status(spec)
+        states = ", ".join(f"{count} {state}" for state, count in info["trials"].items())
+        table.add_row(name, states, str(spec.budget.trials), spec.description)
+    console.print(table)
 
 
 @app.command()
 def report(
     name: str = typer.Argument(..., help="study name"),
-    tracking_uri: str | None = typer.Option(
-        None, help="MLflow URI; default: the one the study was launched with"
-    ),
+    tracking_uri: str | None = typer.Option(None, help="MLflow URI; default: the one the study was launched with"),
     out: Path | None = typer.Option(None, help="output folder; default reports/NAME"),
     runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
 ) -> None:

@@ -34,8 +34,15 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     seed = spec.sampler.seed
     if spec.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if spec.sampler.name == "grid":  # the grid itself is enqueued (enqueue_grid); nothing is left to sample
+    name = spec.sampler.name
+    if name == "grid":  # the grid itself is enqueued (enqueue_grid); nothing is left to sample
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":  # continuous parameters only; categorical ones fall back to independent sampling
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 
@@ -61,11 +68,19 @@ def enqueue_grid(study: optuna.Study, spec: StudySpec) -> None:
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    if spec.pruner.name == "none" or len(spec.objectives) > 1:
+    """Optuna cannot prune multi-objective studies (peers.md pain point 3): they get no pruner."""
+    pruner = spec.pruner
+    if pruner.name == "none" or len(spec.objectives) > 1:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=spec.pruner.startup_trials, n_warmup_steps=spec.pruner.warmup_steps
-    )
+    if pruner.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
+        )
+    if pruner.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
+        )
+    return optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
 
 
 def open_study(spec: StudySpec) -> optuna.Study:

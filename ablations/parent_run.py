@@ -16,9 +16,7 @@ def open_parent_run(spec: StudySpec) -> str:
     ensure_tracking_store(spec.storage.mlflow)
     client = MlflowClient(tracking_uri=spec.storage.mlflow)
     experiment_id = get_or_create_experiment(client, spec.name)
-    existing = client.search_runs(
-        [experiment_id], filter_string="tags.`ablate.role` = 'study'", max_results=1
-    )
+    existing = client.search_runs([experiment_id], filter_string="tags.`ablate.role` = 'study'", max_results=1)
     tags = {
         "ablate.role": "study",
         "ablate.study": spec.name,

@@ -1,14 +1,18 @@
 """`ablate launch`: an asynchronous ask/tell loop over executor slots.
 
-A free slot gets the next trial at once (no batch waits for its slowest trial); each finished job is told to
-Optuna as complete, pruned or failed, and a failed trial never stops the study. Relaunching the same study
-continues it: the Optuna storage and the MLflow parent run are reopened and finished trials count towards the
-budget.
+A free slot gets the next replicate at once (no batch waits for its slowest trial). Baselines are queued
+first, then trials; each trial runs one replicate per seed and is told to Optuna, with its objectives
+aggregated over the replicates, once they are all done. A failed job is rerun up to `executor.retries` times,
+resuming its checkpoint; a trial whose replicate still fails is recorded as failed and the study goes on.
+
+Relaunching continues the study exactly: finished replicates are read from their run folders and never rerun,
+trials left running by a dead launcher are adopted and resumed, and the budget counts every configuration.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,25 +21,26 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
+from ablate.ablations.control import CANCEL_MARKER, STUDY_RECORD, launcher_lock, stop_stale_job
 from ablate.ablations.optuna_study import distributions, enqueue_grid, fixed_params, grid_points, open_study
 from ablate.ablations.parent_run import close_parent_run, open_parent_run
+from ablate.ablations.plan import check_runtime
 from ablate.ablations.spec import StudySpec, load_study
-from ablate.ablations.trial import TrialJob, config_hash
-from ablate.core.config_io import ConfigError, apply_overrides, validate_train_config
+from ablate.ablations.trial import TrialJob
+from ablate.ablations.work import Group, Replicate, build_group, replicate_tree
+from ablate.core.config_io import ConfigError, validate_train_config
 from ablate.core.data.bundled import resolve_data_root
 from ablate.slurm.executors import make_executor, threads_per_trial
 
-STUDY_RECORD = "study.json"
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass
-class TrialOutcome:
-    number: int
-    state: str
+class GroupOutcome:
+    label: str
+    state: str  # complete | pruned | failed
     params: dict[str, Any]
     values: list[float] | None = None
-    run_id: str | None = None
     error: str | None = None
 
 
@@ -43,7 +48,7 @@ class TrialOutcome:
 class LaunchResult:
     spec: StudySpec
     parent_run_id: str
-    outcomes: list[TrialOutcome] = field(default_factory=list)
+    outcomes: list[GroupOutcome] = field(default_factory=list)
 
 
 def absolute_sqlite(uri: str) -> str:
@@ -54,17 +59,24 @@ def absolute_sqlite(uri: str) -> str:
     return uri
 
 
-def launch(study_path: Path | str, console: Console | None = None) -> LaunchResult:
+def prepare(study_path: Path | str) -> tuple[StudySpec, dict[str, Any]]:
+    """Validate the study and resolve its storage paths; nothing is started."""
     spec, base = load_study(study_path)
-    spec = spec.model_copy(
-        update={"storage": spec.storage.model_copy(update={"mlflow": absolute_sqlite(spec.storage.mlflow)})}
-    )
-    spec.run_folder.mkdir(parents=True, exist_ok=True)
-    (spec.run_folder / STUDY_RECORD).write_text(spec.model_dump_json(indent=2))
-    # Both stores and the bundled data are created here, once, before any worker process could race on them.
-    resolve_data_root(validate_train_config(base, str(study_path)).data)
-    parent_run_id = open_parent_run(spec)
-    return StudyScheduler(spec, base, parent_run_id, console or Console()).run()
+    storage = spec.storage.model_copy(update={"mlflow": absolute_sqlite(spec.storage.mlflow)})
+    return spec.model_copy(update={"storage": storage}), base
+
+
+def launch(study_path: Path | str, console: Console | None = None) -> LaunchResult:
+    spec, base = prepare(study_path)
+    with launcher_lock(spec.run_folder):
+        # Recorded self-contained (base inlined, overrides applied) so `ablate resume` needs no other file.
+        recorded = spec.model_copy(update={"base": base, "overrides": {}})
+        (spec.run_folder / STUDY_RECORD).write_text(recorded.model_dump_json(indent=2))
+        # The stores and the bundled data are created here, once, before any worker could race on them.
+        check_runtime(spec, base, str(study_path))
+        resolve_data_root(validate_train_config(base, str(study_path)).data)
+        parent_run_id = open_parent_run(spec)
+        return StudyScheduler(spec, base, parent_run_id, console or Console()).run()
 
 
 class StudyScheduler:
@@ -74,145 +86,187 @@ class StudyScheduler:
         self.result = LaunchResult(spec, parent_run_id)
         self.executor = make_executor(spec.executor.kind, spec.run_folder / "jobs", spec.executor.timeout_min)
         self.threads = threads_per_trial(spec.executor.threads_per_trial, spec.budget.parallel)
-        self.running: dict[int, tuple[optuna.Trial, Any, dict[str, Any]]] = {}
+        self.groups: list[Group] = []
+        self.pending: deque[Replicate] = deque()
+        self.running: dict[int, tuple[Replicate, Any]] = {}
+        self.started = time.monotonic()
         self.budget = spec.budget.trials
         if spec.sampler.name == "grid":
             enqueue_grid(self.study, spec)
             self.budget = min(self.budget, len(grid_points(spec)))
 
+    # -- main loop ---------------------------------------------------------------------------------------
     def run(self) -> LaunchResult:
-        self._fail_orphans()
         status = "FAILED"
         try:
-            while self._fill_slots() or self.running:
+            self._queue_baselines()
+            self._adopt_unfinished_trials()
+            while True:
+                self._fill_slots()
+                if not self.running and not self.pending:
+                    break
                 time.sleep(0 if self.spec.executor.kind == "debug" else self.spec.executor.poll_seconds)
                 self._collect()
+                if (self.spec.run_folder / CANCEL_MARKER).is_file():
+                    self._cancel_everything("cancelled by `ablate cancel`")
+                    (self.spec.run_folder / CANCEL_MARKER).unlink(missing_ok=True)
+                    status = "KILLED"
+                    return self.result
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
-            self._cancel_running("launcher interrupted")
+            self._cancel_everything("launcher interrupted")
             raise
         finally:
             close_parent_run(self.spec, self.result.parent_run_id, status)
         return self.result
 
-    def _fail_orphans(self) -> None:
-        """Trials left RUNNING by a launcher that died have no job watching them: record them as failed."""
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study.tell(trial.number, state=TrialState.FAIL)
-            self.console.print(
-                f"[yellow]trial {trial.number}: left running by an earlier launch, marked failed"
-            )
-
-    def _fill_slots(self) -> bool:
-        """Submit trials while slots and budget allow; False once the budget is spent."""
+    def _fill_slots(self) -> None:
         while len(self.running) < self.spec.budget.parallel:
-            done = len(self.study.get_trials(deepcopy=False, states=FINISHED_STATES))
-            if done + len(self.running) >= self.budget:
-                return False
-            self._submit(self.study.ask(distributions(self.spec)))
-        return True
+            if self.pending:
+                self._submit(self.pending.popleft())
+            elif self._may_start_trial():
+                self._start_trial(self.study.ask(distributions(self.spec)))
+            else:
+                return
 
-    def _submit(self, trial: optuna.Trial) -> None:
-        params = {**trial.params, **fixed_params(self.spec)}
+    def _may_start_trial(self) -> bool:
+        ended = len(self.study.get_trials(deepcopy=False, states=ENDED))
+        active = sum(1 for group in self.groups if group.trial is not None)
+        limit = self.spec.budget.wall_clock_min
+        in_time = limit is None or time.monotonic() - self.started < limit * 60
+        return in_time and ended + active < self.budget
+
+    # -- creating work ----------------------------------------------------------------------------------
+    def _queue_baselines(self) -> None:
+        for name, baseline in self.spec.baselines.items():
+            folder = self.spec.run_folder / "baselines" / name
+            self._add_group(build_group(self.spec, f"baseline {name}", baseline.overrides, None, name, folder))
+
+    def _adopt_unfinished_trials(self) -> None:
+        """Trials a dead launcher left RUNNING: stop any stale job, then resume their unfinished ones."""
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial = optuna.trial.Trial(self.study, frozen._trial_id)
+            group = self._trial_group(trial, {**frozen.params, **fixed_params(self.spec)})
+            for replicate in group.replicates:
+                if not replicate.finished and stop_stale_job(replicate.run_dir):
+                    self.console.print(f"[yellow]{replicate.label}: stopped its job left by an earlier launch")
+            self.console.print(f"[yellow]trial {trial.number}: resumed from an earlier launch")
+            self._add_group(group)
+
+    def _start_trial(self, trial: optuna.Trial) -> None:
+        self._add_group(self._trial_group(trial, {**trial.params, **fixed_params(self.spec)}))
+
+    def _trial_group(self, trial: optuna.Trial, params: dict[str, Any]) -> Group:
+        folder = self.spec.run_folder / "trials" / f"{trial.number:05d}"
+        return build_group(self.spec, f"trial {trial.number}", params, trial, None, folder)
+
+    def _add_group(self, group: Group) -> None:
+        self.groups.append(group)
+        self.pending.extend(r for r in group.replicates if not r.finished)
+        if group.complete:
+            self._finish_group(group)
+        else:
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in group.params.items())
+            self.console.print(f"{group.label} queued: {shown or 'base configuration'}", highlight=False)
+
+    def _submit(self, replicate: Replicate) -> None:
+        group = replicate.group
         try:
-            config = validate_train_config(self._trial_tree(trial.number, params), f"trial {trial.number}")
+            tree = replicate_tree(self.spec, self.base, replicate, self.result.parent_run_id, self.threads)
+            config = validate_train_config(tree, replicate.label)
         except ConfigError as err:
-            self._finish(trial, params, TrialState.FAIL, error=str(err))
+            replicate.error = str(err)
+            self._settle(group)
             return
-        trial.set_user_attr("config_hash", config_hash(params))
-        # The job reopens this trial by its storage id to report intermediate values (Optuna has no public
-        # lookup of a live trial from another process; `_trial_id` is the id its storages key on).
+        trial_id = group.trial._trial_id if group.trial is not None else None  # the storage key jobs reopen
+        reports = group.trial is not None and replicate is group.replicates[0]
         job = self.executor.submit(
             TrialJob(
                 self.spec.model_dump(mode="json"),
-                trial._trial_id,
-                trial.number,
+                trial_id,
                 config.model_dump(mode="json", by_alias=True),
+                reports,
             )
         )
-        self.running[trial.number] = (trial, job, params)
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
-        self.console.print(f"trial {trial.number} started (job {job.job_id}): {shown}")
+        replicate.attempts += 1
+        self.running[id(replicate)] = (replicate, job)
+        attempt = f" (attempt {replicate.attempts})" if replicate.attempts > 1 else ""
+        self.console.print(f"{replicate.label} started as job {job.job_id}{attempt}", highlight=False)
 
-    def _trial_tree(self, number: int, params: dict[str, Any]) -> dict[str, Any]:
-        tree = apply_overrides(self.base, params)
-        seed = tree.get("seed", 0)
-        run_dir = (self.spec.run_folder / "trials" / f"{number:05d}").resolve()
-        return apply_overrides(
-            tree,
-            {
-                "run_dir": str(run_dir),
-                "train.threads": self.threads,
-                "train.progress": False,
-                "tracking.uri": self.spec.storage.mlflow,
-                "tracking.experiment": self.spec.name,
-                "tracking.run_name": f"trial {number}",
-                "tracking.parent_run_id": self.result.parent_run_id,
-                "tracking.tags": {
-                    "ablate.study": self.spec.name,
-                    "ablate.role": "trial",
-                    "ablate.trial_number": str(number),
-                    "ablate.config_hash": config_hash(params),
-                    "ablate.seed": str(seed),
-                    "ablate.state": "running",
-                },
-            },
-        )
-
+    # -- collecting results -----------------------------------------------------------------------------
     def _collect(self) -> None:
-        for number, (trial, job, params) in list(self.running.items()):
+        for key, (replicate, job) in list(self.running.items()):
             if not job.done():
                 continue
-            del self.running[number]
+            del self.running[key]
             try:
-                output = job.result()
-            except Exception as err:  # the job crashed: record it, keep the study going
-                self._finish(trial, params, TrialState.FAIL, error=_last_lines(str(err)))
-                continue
-            if output["pruned"]:
-                self._finish(trial, params, TrialState.PRUNED, run_id=output["run_id"])
-                continue
-            missing = [o.metric for o in self.spec.objectives if o.metric not in output["metrics"]]
-            if missing:
-                error = (
-                    f"objective metric(s) {missing} not logged; the run logged {sorted(output['metrics'])}"
-                )
-                self._finish(trial, params, TrialState.FAIL, run_id=output["run_id"], error=error)
-                continue
-            values = [output["metrics"][o.metric] for o in self.spec.objectives]
-            self._finish(trial, params, TrialState.COMPLETE, values=values, run_id=output["run_id"])
+                replicate.result = job.result()
+            except Exception as err:  # crash, NaN, killed process: retry from the checkpoint or record it
+                reason = _last_lines(str(err))
+                if replicate.attempts <= self.spec.executor.retries:
+                    self.console.print(f"[yellow]{replicate.label} failed, retrying[/]: {reason.splitlines()[-1]}")
+                    self.pending.appendleft(replicate)
+                    continue
+                replicate.error = reason
+            self._settle(replicate.group)
 
-    def _finish(
-        self,
-        trial: optuna.Trial,
-        params: dict[str, Any],
-        state: TrialState,
-        *,
-        values: list[float] | None = None,
-        run_id: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        if run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-        if error:
-            trial.set_user_attr("error", error[-2000:])
-        self.study.tell(trial, values=values if state == TrialState.COMPLETE else None, state=state)
-        outcome = TrialOutcome(trial.number, state.name.lower(), params, values, run_id, error)
+    def _settle(self, group: Group) -> None:
+        """Once a group is decided (all done, pruned or failed), stop what is left of it and record it."""
+        if not group.complete or group not in self.groups:
+            return
+        self._drop_remaining(group)
+        self._finish_group(group)
+
+    def _drop_remaining(self, group: Group) -> None:
+        for replicate in group.replicates:
+            if replicate in self.pending:
+                self.pending.remove(replicate)
+        for key, (replicate, job) in list(self.running.items()):
+            if replicate.group is group:
+                job.cancel(check=False)
+                del self.running[key]
+
+    def _finish_group(self, group: Group) -> None:
+        self.groups.remove(group)
+        if group.pruned:
+            outcome = GroupOutcome(group.label, "pruned", group.params)
+        elif group.failure:
+            outcome = GroupOutcome(group.label, "failed", group.params, error=group.failure)
+        else:
+            try:
+                outcome = GroupOutcome(group.label, "complete", group.params, group.objective_values(self.spec))
+            except KeyError as err:
+                error = f"objective metric {err} was not logged by the run"
+                outcome = GroupOutcome(group.label, "failed", group.params, error=error)
+        if group.trial is not None:
+            self._tell(group, outcome)
         self.result.outcomes.append(outcome)
         colour = {"complete": "green", "pruned": "yellow"}.get(outcome.state, "red")
-        detail = f"{values}" if values else (error or "")
-        self.console.print(f"[{colour}]trial {trial.number} {outcome.state}[/] {detail}", highlight=False)
+        detail = outcome.values if outcome.values else (outcome.error or "")
+        self.console.print(f"[{colour}]{group.label} {outcome.state}[/] {detail}", highlight=False)
 
-    def _cancel_running(self, reason: str) -> None:
-        for trial, job, params in self.running.values():
+    def _tell(self, group: Group, outcome: GroupOutcome) -> None:
+        trial = group.trial
+        run_ids = [r.result["run_id"] for r in group.replicates if r.result]
+        trial.set_user_attr("mlflow_run_ids", run_ids)
+        trial.set_user_attr("seeds", [r.seed for r in group.replicates])
+        if outcome.error:
+            trial.set_user_attr("error", outcome.error[-2000:])
+        state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(outcome.state, TrialState.FAIL)
+        self.study.tell(trial, values=outcome.values, state=state)
+
+    def _cancel_everything(self, reason: str) -> None:
+        for replicate, job in self.running.values():
             job.cancel(check=False)
-            self._finish(trial, params, TrialState.FAIL, error=reason)
+            replicate.error = reason
         self.running.clear()
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+        self.pending.clear()
+        for group in list(self.groups):
+            for replicate in group.replicates:
+                if not replicate.finished:
+                    replicate.error = reason
+            self._finish_group(group)
 
 
 def _last_lines(text: str, lines: int = 15) -> str:

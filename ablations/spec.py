@@ -74,21 +74,24 @@ class Objective(_Strict):
 
 
 class SamplerSpec(_Strict):
-    name: Literal["tpe", "random", "grid"] = "tpe"
+    name: Literal["tpe", "random", "grid", "nsga2", "gp", "cmaes"] = "tpe"
     seed: int = 0
 
 
 class PrunerSpec(_Strict):
     """Optuna pruner fed by the trial jobs themselves (each evaluation reports the first objective)."""
 
-    name: Literal["median", "none"] = "median"
-    startup_trials: int = Field(2, ge=0, description="trials that finish before any is pruned")
-    warmup_steps: int = Field(0, ge=0, description="training steps before a trial may be pruned")
+    name: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    startup_trials: int = Field(2, ge=0, description="median: trials that finish before any is pruned")
+    warmup_steps: int = Field(0, ge=0, description="median: training steps before a trial may be pruned")
+    min_resource: int = Field(100, ge=1, description="hyperband / successive halving: first rung, in steps")
+    reduction_factor: int = Field(3, ge=2, description="hyperband / successive halving")
 
 
 class BudgetSpec(_Strict):
-    trials: int = Field(8, ge=1, description="trials in total, counting those of earlier launches")
-    parallel: int = Field(1, ge=1, description="trials running at once")
+    trials: int = Field(8, ge=1, description="configurations in total, counting those of earlier launches")
+    parallel: int = Field(1, ge=1, description="jobs (trial replicates) running at once")
+    wall_clock_min: float | None = Field(None, gt=0, description="no new trial starts after this many minutes")
 
 
 class ExecutorSpec(_Strict):
@@ -96,12 +99,32 @@ class ExecutorSpec(_Strict):
     threads_per_trial: int | None = Field(None, ge=1, description="default: the machine's cores / parallel")
     timeout_min: int = Field(120, ge=1)
     poll_seconds: float = Field(2.0, gt=0)
+    retries: int = Field(1, ge=0, description="reruns of a failed job, each resuming from its last checkpoint")
+
+
+class ReplicateSpec(_Strict):
+    """Each configuration runs once per seed; the objective Optuna sees aggregates the replicates."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    aggregate: Literal["mean", "median", "min", "max"] = "mean"
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct (got {seeds})")
+        return seeds
+
+
+class BaselineSpec(_Strict):
+    """A named fixed configuration (overrides of the base), run before any trial with the same seeds."""
+
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
 
 
 class StorageSpec(_Strict):
-    optuna: str | None = Field(
-        None, description="Optuna storage URL; default sqlite in the study's run folder"
-    )
+    optuna: str | None = Field(None, description="Optuna storage URL; default sqlite in the study's run folder")
     mlflow: str = "sqlite:///mlflow.db"
 
 
@@ -111,6 +134,8 @@ class StudySpec(_Strict):
     base: str | dict[str, Any] = Field(default_factory=dict, description="TrainConfig YAML path or inline")
     overrides: dict[str, Any] = Field(default_factory=dict)
     search_space: dict[str, Param] = Field(default_factory=dict)
+    replicates: ReplicateSpec = Field(default_factory=ReplicateSpec)
+    baselines: dict[str, BaselineSpec] = Field(default_factory=dict)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
@@ -132,9 +157,7 @@ class StudySpec(_Strict):
         if self.sampler.name == "grid":
             for name, param in self.search_space.items():
                 if not isinstance(param, CategoricalParam | FixedParam):
-                    raise ValueError(
-                        f"sampler 'grid' needs categorical or fixed parameters; {name} is {param.type}"
-                    )
+                    raise ValueError(f"sampler 'grid' needs categorical or fixed parameters; {name} is {param.type}")
         return self
 
     @property
@@ -157,9 +180,14 @@ def load_study(path: Path | str) -> tuple[StudySpec, dict[str, Any]]:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err, StudySpec, str(path))) from None
-    base = read_yaml(path.parent / spec.base) if isinstance(spec.base, str) else dict(spec.base)
+    try:
+        base = read_yaml(path.parent / spec.base) if isinstance(spec.base, str) else dict(spec.base)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: base: {err}") from None
     tree = apply_overrides(base, spec.overrides)
     validate_train_config(tree, f"{path} (base + overrides)")
+    for name, baseline in spec.baselines.items():
+        validate_train_config(apply_overrides(tree, baseline.overrides), f"{path}: baselines.{name}")
     for name, param in spec.search_space.items():
         for value in example_values(param):
             validate_train_config(apply_overrides(tree, {name: value}), f"{path}: search_space.{name}")

@@ -45,7 +45,7 @@ def parse_percent(text: str) -> NotebookNode:
     )
 
 
-def fill_parameters(notebook: NotebookNode, values: Mapping[str, str]) -> None:
+def fill_parameters(notebook: NotebookNode, values: Mapping[str, object]) -> None:
     """Replace each `"{name}"` string literal of the parameters cell by the Python literal of `values[name]`.
 
     Only that cell is touched and the replacement is `repr`, so quotes in values and braces elsewhere in the

@@ -1,12 +1,14 @@
-"""Figures of a study, drawn from the tables of `ablate.analysis.runs` in one shared style.
+"""The house style of every figure, the labels of configurations, and saving figures for HTML and papers.
 
-Every function takes an optional Axes and returns it, so reports can compose panels and save them with
-`save_figure` in both a raster (PNG, for HTML) and a vector (SVG, for papers) format.
+Plot functions live in `param_plots` (a metric against the study's parameters) and `result_plots` (trade-offs,
+compute, retrieval, study comparisons); each takes an optional Axes and returns it, so reports can compose
+panels and save them with `save_figure` in both a raster (PNG, for HTML) and a vector (SVG, for papers) format.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib as mpl
@@ -17,8 +19,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ablate.analysis.runs import metric_column, param_column
-from ablate.analysis.stats import summarise
+from ablate.analysis.runs import PARAM_PREFIX, metric_name, param_column
 
 FIGURE_FORMATS = ("png", "svg")
 _LOG_SCALE_RATIO = 10  # positive values spanning a decade or more (learning rates) read better on a log axis
@@ -45,63 +46,42 @@ def config_label(config_hash: str | None, baseline: str | None) -> str:
     return str(config_hash)[:8]
 
 
-def plot_metric_vs_param(runs: pd.DataFrame, metric: str, param: str, ax: Axes | None = None) -> Axes:
-    """One point per run, the mean with its 95% CI per param value, and a line per baseline for reference."""
-    ax = ax if ax is not None else plt.subplots()[1]
-    value, x = metric_column(metric), param_column(param)
-    is_baseline = runs["baseline"].notna()
-    trials = runs[~is_baseline & runs[value].notna()]
-    numeric = pd.api.types.is_numeric_dtype(trials[x])
-    if numeric:
-        positions = trials[x]
-    else:
-        categories = sorted(trials[x].dropna().astype(str).unique())
-        positions = trials[x].astype(str).map({c: i for i, c in enumerate(categories)})
-        ax.set_xticks(range(len(categories)), categories)
-
-    ax.scatter(positions, trials[value], s=18, alpha=0.5, color="C0", label="runs")
-    summary = summarise(trials.assign(_x=positions), value, by="_x", params=[]).sort_values("_x")
-    if (summary["n"] > 1).any():  # a line through single runs of a sampled continuous parameter would mislead
-        ax.errorbar(
-            summary["_x"],
-            summary["mean"],
-            yerr=summary["ci95"].fillna(0),
-            fmt="o-",
-            color="C0",
-            capsize=3,
-            label="mean ± 95% CI",
-        )
-    baselines = runs[is_baseline].groupby("baseline")[value].mean().dropna()
-    for i, (name, level) in enumerate(baselines.items(), start=1):
-        ax.axhline(level, linestyle="--", color=f"C{i}", label=f"{name} (baseline)")
-    if numeric and _wants_log_scale(trials[x]):
-        ax.set_xscale("log")
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.set_xlabel(x.removeprefix("param."))
-    ax.set_ylabel(value.removeprefix("metric."))
-    ax.legend(fontsize="small")
-    return ax
-
-
-def plot_training_curves(histories: pd.DataFrame, metric: str, ax: Axes | None = None) -> Axes:
-    """Per configuration, the mean over replicates by step with a band spanning the replicates."""
-    ax = ax if ax is not None else plt.subplots()[1]
-    name = metric.removeprefix("metric.")
-    points = histories[histories["metric"] == name]
-    labels = [config_label(h, b) for h, b in zip(points["config_hash"], points["baseline"], strict=True)]
-    sns.lineplot(
-        data=points.assign(configuration=labels),
-        x="step",
-        y="value",
-        hue="configuration",
-        estimator="mean",
-        errorbar=("pi", 100),
-        ax=ax,
+def config_labels(runs: pd.DataFrame, params: Sequence[str] | None = None) -> pd.Series:
+    """Readable label of each run's configuration: `lambda=0.5, lr=0.001` from the varied `params` (last
+    dotted part of each name), the baseline's name for baselines, the hash's start when labels would collide.
+    """
+    columns = [param_column(p) for p in (params or []) if param_column(p) in runs.columns]
+    columns = [c for c in columns if c != "param.seed"]
+    parts = [
+        ", ".join(f"{c.removeprefix(PARAM_PREFIX).rsplit('.', 1)[-1]}={_short(row[c])}" for c in columns)
+        for _, row in runs.iterrows()
+    ]
+    labels = pd.Series(
+        [
+            config_label(h, b) if isinstance(b, str) or not text else text
+            for h, b, text in zip(runs["config_hash"], runs["baseline"], parts, strict=True)
+        ],
+        index=runs.index,
+        dtype=object,
     )
-    ax.set_ylabel(name)
-    if ax.get_legend() is not None:
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="configuration")
-    return ax
+    per_label = pd.DataFrame({"label": labels, "config": runs["config_hash"]}).groupby("label")["config"]
+    colliding = labels.map(per_label.nunique()) > 1
+    fallback = [config_label(h, b) for h, b in zip(runs["config_hash"], runs["baseline"], strict=True)]
+    return labels.where(~colliding, pd.Series(fallback, index=runs.index))
+
+
+def axis_label(column: str) -> str:
+    """Axis text of a `param.` or `metric.` column: the bare name, as the study file writes it."""
+    return metric_name(column).removeprefix(PARAM_PREFIX)
+
+
+def new_axes(ax: Axes | None, figsize: tuple[float, float] | None = None) -> Axes:
+    return ax if ax is not None else plt.subplots(figsize=figsize)[1]
+
+
+def wants_log_scale(values: pd.Series) -> bool:
+    finite = values[np.isfinite(values)]
+    return bool(len(finite)) and finite.min() > 0 and finite.max() / finite.min() >= _LOG_SCALE_RATIO
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
@@ -115,6 +95,5 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def _wants_log_scale(values: pd.Series) -> bool:
-    finite = values[np.isfinite(values)]
-    return bool(len(finite)) and finite.min() > 0 and finite.max() / finite.min() >= _LOG_SCALE_RATIO
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

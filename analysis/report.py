@@ -6,6 +6,7 @@ tracking URI in its first cell, so anyone can reopen it in Jupyter and rerun or 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -13,10 +14,11 @@ import nbformat
 from mlflow import MlflowClient
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
+from nbformat import NotebookNode
 
 from ablate.analysis.notebook import fill_parameters, parse_percent
 from ablate.analysis.plots import FIGURE_FORMATS
-from ablate.analysis.runs import finished, load_runs, study_info
+from ablate.analysis.runs import has_finished_trials, study_info
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "reports" / "templates"
 DEFAULT_TEMPLATE = "study_report.py"
@@ -62,6 +64,16 @@ def absolute_tracking_uri(tracking_uri: str, base: Path | None = None) -> str:
     return tracking_uri
 
 
+def check_reportable(study: str, tracking_uri: str) -> dict:
+    """The study's `study_info`, once it is known to have an objective and at least one finished trial."""
+    info = study_info(study, tracking_uri)
+    if not info["objectives"]:
+        raise ReportError(f"study {study!r} has no objective: its parent run lacks the ablate.objective tag")
+    if not has_finished_trials(study, tracking_uri):
+        raise NoFinishedTrialsError(f"study {study!r} has no finished trials in {tracking_uri!r}: nothing to report")
+    return info
+
+
 def build_report(
     study: str,
     tracking_uri: str,
@@ -79,56 +91,54 @@ def build_report(
     executed notebook on disk for debugging before the error propagates.
     """
     tracking_uri = absolute_tracking_uri(tracking_uri)
-    out_dir = Path(out_dir).resolve()
-    info = study_info(study, tracking_uri)
-    if not info["objectives"]:
-        raise ReportError(f"study {study!r} has no objective: its parent run lacks the ablate.objective tag")
-    if finished(load_runs(study, tracking_uri)).empty:
-        raise NoFinishedTrialsError(
-            f"study {study!r} has no finished trials in {tracking_uri!r}: nothing to report"
-        )
+    info = check_reportable(study, tracking_uri)
+    notebook_path = render_notebook(
+        template, {"study": study, "tracking_uri": tracking_uri}, Path(out_dir), execute, cell_timeout_s
+    )
+    if execute and log_to_mlflow:
+        documents = [notebook_path, notebook_path.with_name(HTML_NAME)]
+        _log_artifacts(tracking_uri, info["parent_run_id"], documents, figures(notebook_path.parent / FIGURE_DIR))
+    return notebook_path
 
+
+def render_notebook(
+    template: str, parameters: Mapping[str, object], out_dir: Path, execute: bool, cell_timeout_s: int
+) -> Path:
+    """Fill `template`'s parameters cell and write `out_dir/report.ipynb`; when executing, run it from
+    `out_dir` (figures land in `out_dir/figures`, cleared first) and export `report.html` beside it."""
     notebook = parse_percent(template_path(template).read_text(encoding="utf-8"))
-    fill_parameters(notebook, {"study": study, "tracking_uri": tracking_uri})
+    fill_parameters(notebook, parameters)
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     notebook_path = out_dir / NOTEBOOK_NAME
     if not execute:
         nbformat.write(notebook, notebook_path)
         return notebook_path
+    for path in figures(out_dir / FIGURE_DIR):  # a figure no longer applicable must not linger
+        path.unlink()
+    _execute(notebook, out_dir, cell_timeout_s, notebook_path)
+    html, _ = HTMLExporter().from_notebook_node(notebook)
+    (out_dir / HTML_NAME).write_text(html, encoding="utf-8")
+    return notebook_path
 
-    figure_dir = out_dir / FIGURE_DIR
-    _clear_figures(figure_dir)
+
+def figures(figure_dir: Path) -> list[Path]:
+    return sorted(p for fmt in FIGURE_FORMATS for p in figure_dir.glob(f"*.{fmt}"))
+
+
+def _execute(notebook: NotebookNode, out_dir: Path, cell_timeout_s: int, notebook_path: Path) -> None:
     client = NotebookClient(
-        notebook,
-        timeout=cell_timeout_s,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(out_dir)}},
+        notebook, timeout=cell_timeout_s, kernel_name="python3", resources={"metadata": {"path": str(out_dir)}}
     )
     try:
         client.execute()
     finally:
         nbformat.write(notebook, notebook_path)
-    html, _ = HTMLExporter().from_notebook_node(notebook)
-    html_path = out_dir / HTML_NAME
-    html_path.write_text(html, encoding="utf-8")
-    if log_to_mlflow:
-        _log_artifacts(tracking_uri, info["parent_run_id"], [notebook_path, html_path], _figures(figure_dir))
-    return notebook_path
 
 
-def _clear_figures(figure_dir: Path) -> None:
-    """Remove figures of an earlier build, so a parameter no longer varied leaves no stale plot."""
-    for path in _figures(figure_dir):
-        path.unlink()
-
-
-def _figures(figure_dir: Path) -> list[Path]:
-    return sorted(p for fmt in FIGURE_FORMATS for p in figure_dir.glob(f"*.{fmt}"))
-
-
-def _log_artifacts(tracking_uri: str, run_id: str, documents: list[Path], figures: list[Path]) -> None:
+def _log_artifacts(tracking_uri: str, run_id: str, documents: list[Path], figure_paths: list[Path]) -> None:
     client = MlflowClient(tracking_uri=tracking_uri)
     for path in documents:
         client.log_artifact(run_id, str(path), ARTIFACT_DIR)
-    for path in figures:
+    for path in figure_paths:
         client.log_artifact(run_id, str(path), f"{ARTIFACT_DIR}/{FIGURE_DIR}")

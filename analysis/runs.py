@@ -1,15 +1,19 @@
 """Tracking data of one study as pandas tables.
 
 The orchestrator writes one MLflow experiment per study: a parent run tagged `ablate.role=study` and one child
-run per trial. This module is the only place that knows those conventions, so plots, statistics and reports
-work on plain DataFrames and never touch MLflow themselves.
+run per trial. This module and `histories` are the only places that know those conventions, so plots,
+statistics and reports work on plain DataFrames and never touch MLflow themselves.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pandas as pd
 
@@ -22,10 +26,12 @@ with warnings.catch_warnings():
 
 PARAM_PREFIX = "param."
 METRIC_PREFIX = "metric."
-RUN_COLUMNS = ["run_id", "trial_number", "state", "seed", "config_hash", "baseline"]
-TIME_COLUMNS = ["start_time", "end_time", "duration_s"]
-HISTORY_COLUMNS = ["run_id", "trial_number", "config_hash", "seed", "baseline", "metric", "step", "value"]
+COMPUTE_PREFIX = "metric.compute/"
+RUN_COLUMNS = ["run_id", "trial_number", "state", "seed", "config_hash", "baseline", "error"]
+INFO_COLUMNS = ["status", "start_time", "end_time", "duration_s"]
+SPEC_ARTIFACT = "study/study.json"
 _PAGE_SIZE = 1000
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class StudyNotFoundError(LookupError):
@@ -42,29 +48,52 @@ def metric_column(name: str) -> str:
     return name if name.startswith(METRIC_PREFIX) else METRIC_PREFIX + name
 
 
+def metric_name(column: str) -> str:
+    """The MLflow metric name of a `metric.` column (or of a bare name), for labels and history queries."""
+    return column.removeprefix(METRIC_PREFIX)
+
+
 def finished(runs: pd.DataFrame) -> pd.DataFrame:
     """Only completed trials: failed or pruned runs carry partial metrics that would bias the averages."""
     return runs[runs["state"] == "finished"]
 
 
+def metric_columns(runs: pd.DataFrame, prefix: str) -> list[str]:
+    """`metric.` columns whose metric name starts with `prefix` and that hold at least one value.
+
+    Plots of data that later issues add (compression, compute, latency) appear only where this is non-empty.
+    """
+    column_prefix = metric_column(prefix)
+    return [c for c in runs.columns if c.startswith(column_prefix) and runs[c].notna().any()]
+
+
 def study_info(study: str, tracking_uri: str) -> dict[str, Any]:
-    """What the orchestrator recorded about the study itself (parent run, objectives, search space)."""
+    """What the orchestrator recorded about the study itself: parent run, objectives, search space, the
+    question it asks, its Optuna storage, and its full spec (the `study/study.json` artifact, else rebuilt
+    from the parent run's tags)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = _experiment(client, study, tracking_uri)
     parent = _parent_run(client, experiment, study, tracking_uri)
     tags = parent.data.tags
-    return {
+    info = {
         "study": study,
         "tracking_uri": tracking_uri,
         "experiment_id": experiment.experiment_id,
         "parent_run_id": parent.info.run_id,
         "objectives": json.loads(tags.get("ablate.objective", "[]")),
         "search_space": json.loads(tags.get("ablate.search_space", "[]")),
+        "description": tags.get("ablate.description", ""),
+        "optuna_storage": tags.get("ablate.optuna_storage") or None,
     }
+    spec = _spec_artifact(client, parent.info.run_id)
+    info["spec_source"] = SPEC_ARTIFACT if spec is not None else "parent run tags"
+    info["spec"] = spec if spec is not None else _spec_from_tags(info)
+    return info
 
 
 def load_runs(study: str, tracking_uri: str) -> pd.DataFrame:
-    """One row per trial run with identity columns, `param.<key>`, `metric.<name>` (final values) and timing.
+    """One row per trial run with identity columns, `param.<key>`, `metric.<name>` (final values), MLflow
+    status and timing. `metric.compute/*` columns are there when the trials logged compute.
 
     Params come back from MLflow as strings; a param column becomes numeric when every value parses as a
     number, so plots get a real numeric axis. Rows are ordered by trial number.
@@ -72,38 +101,32 @@ def load_runs(study: str, tracking_uri: str) -> pd.DataFrame:
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = _experiment(client, study, tracking_uri)
     parent = _parent_run(client, experiment, study, tracking_uri)
-    children = _search_all(
-        client, experiment.experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
-    return _runs_frame(children)
+    return _runs_frame(search_all(client, experiment.experiment_id, _children_filter(parent)))
 
 
-def load_histories(study: str, tracking_uri: str, metrics: list[str]) -> pd.DataFrame:
-    """Step-wise values of `metrics` for every trial run, in long format (one row per logged point)."""
-    runs = load_runs(study, tracking_uri)
+def has_finished_trials(study: str, tracking_uri: str) -> bool:
+    """Whether any trial finished, asked with one small query rather than loading the study."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    names = [name.removeprefix(METRIC_PREFIX) for name in metrics]
-    rows = [
-        {
-            "run_id": run.run_id,
-            "trial_number": run.trial_number,
-            "config_hash": run.config_hash,
-            "seed": run.seed,
-            "baseline": run.baseline,
-            "metric": name,
-            "step": point.step,
-            "value": point.value,
-        }
-        for run in runs.itertuples(index=False)
-        for name in names
-        for point in client.get_metric_history(run.run_id, name)
-    ]
-    histories = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
-    histories = histories.astype(
-        {"trial_number": "Int64", "seed": "Int64", "step": "int64", "value": "float64"}
-    )
-    histories["baseline"] = _none_if_missing(histories["baseline"])
-    return histories.sort_values(["metric", "trial_number", "step"], ignore_index=True)
+    experiment = _experiment(client, study, tracking_uri)
+    parent = _parent_run(client, experiment, study, tracking_uri)
+    query = f"{_children_filter(parent)} and tags.`ablate.state` = 'finished'"
+    return bool(client.search_runs([experiment.experiment_id], query, max_results=1))
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    """Every run matching `filter_string`, following MLflow's page tokens."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=_PAGE_SIZE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _children_filter(parent: Run) -> str:
+    return f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
 
 
 def _experiment(client: MlflowClient, study: str, tracking_uri: str) -> Experiment:
@@ -120,7 +143,7 @@ def _experiment(client: MlflowClient, study: str, tracking_uri: str) -> Experime
 
 def _parent_run(client: MlflowClient, experiment: Experiment, study: str, tracking_uri: str) -> Run:
     """The study's parent run; the earliest one wins should a restart have created another."""
-    parents = _search_all(client, experiment.experiment_id, "tags.`ablate.role` = 'study'")
+    parents = search_all(client, experiment.experiment_id, "tags.`ablate.role` = 'study'")
     if not parents:
         raise StudyNotFoundError(
             f"Study {study!r} in tracking store {tracking_uri!r} has an experiment but no parent run "
@@ -129,32 +152,41 @@ def _parent_run(client: MlflowClient, experiment: Experiment, study: str, tracki
     return min(parents, key=lambda run: run.info.start_time or 0)
 
 
-def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=_PAGE_SIZE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def _spec_artifact(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """The logged study spec, or None for studies launched before the orchestrator logged it."""
+    folder = str(Path(SPEC_ARTIFACT).parent)
+    if SPEC_ARTIFACT not in {artifact.path for artifact in client.list_artifacts(run_id, folder)}:
+        return None
+    # MLflow's download progress bar would print to stderr, and so into every report notebook.
+    with tempfile.TemporaryDirectory() as tmp, patch.dict(os.environ, {_PROGRESS_BAR: "false"}):
+        return json.loads(Path(client.download_artifacts(run_id, SPEC_ARTIFACT, tmp)).read_text())
+
+
+def _spec_from_tags(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": info["study"],
+        "description": info["description"],
+        "search_space": info["search_space"],
+        "objectives": info["objectives"],
+        "storage": {"optuna": info["optuna_storage"], "mlflow": info["tracking_uri"]},
+    }
 
 
 def _runs_frame(runs: list[Run]) -> pd.DataFrame:
-    rows = [_row(run) for run in runs]
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([_row(run) for run in runs])
     if frame.empty:
-        frame = pd.DataFrame(columns=[*RUN_COLUMNS, "start_time", "end_time"])
+        frame = pd.DataFrame(columns=[*RUN_COLUMNS, "status", "start_time", "end_time"])
     params = sorted(c for c in frame.columns if c.startswith(PARAM_PREFIX))
     metrics = sorted(c for c in frame.columns if c.startswith(METRIC_PREFIX))
     for column in params:
         frame[column] = _numeric_if_possible(frame[column])
     frame = frame.astype({"trial_number": "Int64", "seed": "Int64"})
-    frame["baseline"] = _none_if_missing(frame["baseline"])
+    for column in ("baseline", "error"):
+        frame[column] = _none_if_missing(frame[column])
     frame["start_time"] = pd.to_datetime(frame["start_time"], unit="ms", utc=True)
     frame["end_time"] = pd.to_datetime(frame["end_time"], unit="ms", utc=True)
     frame["duration_s"] = (frame["end_time"] - frame["start_time"]).dt.total_seconds()
-    frame = frame[[*RUN_COLUMNS, *params, *metrics, *TIME_COLUMNS]]
+    frame = frame[[*RUN_COLUMNS, *params, *metrics, *INFO_COLUMNS]]
     return frame.sort_values(["trial_number", "run_id"], ignore_index=True)
 
 
@@ -168,6 +200,8 @@ def _row(run: Run) -> dict[str, Any]:
         "seed": _int_or_none(tags.get("ablate.seed", params.get("seed"))),
         "config_hash": tags.get("ablate.config_hash"),
         "baseline": tags.get("ablate.baseline") or None,
+        "error": tags.get("ablate.error") or None,
+        "status": run.info.status,
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
         **{PARAM_PREFIX + key: value for key, value in params.items()},

@@ -70,9 +70,7 @@ def latest_checkpoint(directory: Path) -> Checkpoint | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def save_checkpoint(
-    directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int
-) -> Path:
+def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
     temporary = path.with_suffix(".pt.tmp")

@@ -24,9 +24,7 @@ class ModelConfig(StrictModel):
 
     name: str = "tiny"
     init_logit_scale: float = Field(math.log(1 / 0.07), description="ln(1/τ) at init, open_clip's default")
-    max_logit_scale: float = Field(
-        100.0, gt=0, description="exp(logit_scale) is clamped to this after each step"
-    )
+    max_logit_scale: float = Field(100.0, gt=0, description="exp(logit_scale) is clamped to this after each step")
 
 
 class DataConfig(StrictModel):
@@ -72,9 +70,7 @@ class TrainLoopConfig(StrictModel):
     batch_size: int = Field(64, ge=2)
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(
-        None, ge=1, description="torch threads; default from SLURM_CPUS_PER_TASK or cores"
-    )
+    threads: int | None = Field(None, ge=1, description="torch threads; default from SLURM_CPUS_PER_TASK or cores")
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(100, ge=1)
@@ -117,8 +113,7 @@ class TrainConfig(StrictModel):
     def _warmup_fits(self) -> TrainConfig:
         if self.optim.warmup_steps >= self.train.steps:
             raise ValueError(
-                f"optim.warmup_steps ({self.optim.warmup_steps}) must be smaller than train.steps "
-                f"({self.train.steps})"
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be smaller than train.steps ({self.train.steps})"
             )
         return self
 

@@ -9,6 +9,7 @@ partner is among the top k.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,18 @@ def zero_shot_classifier(
     return torch.stack(weights)
 
 
-def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+RECALL_KS = (1, 5)
+
+
+def evaluation_metric_names(tasks: Iterable[str]) -> list[str]:
+    """The names `evaluate` logs for these zero-shot tasks (studies validate their objectives against it)."""
+    names = [f"eval/zeroshot/{task}/top1" for task in tasks]
+    if names:
+        names.append("eval/zeroshot/mean_top1")
+    return names + [f"eval/retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in RECALL_KS]
+
+
+def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = RECALL_KS) -> dict[int, float]:
     """Row i's true partner is column i; R@k = fraction of rows where it ranks within the top k."""
     true_scores = similarity.diagonal().unsqueeze(1)
     rank = (similarity > true_scores).sum(dim=1)  # number of candidates strictly better than the truth

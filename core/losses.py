@@ -19,9 +19,7 @@ def clip_logits(
     return logits_per_image, logits_per_image.T
 
 
-def clip_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """L_CLIP = ½[CE(s·I·Tᵀ, y) + CE(s·T·Iᵀ, y)] with y = arange(b): the i-th image matches the i-th text.
 
     Single-process form of open_clip's ClipLoss (world size 1, so `local_loss` makes no difference).

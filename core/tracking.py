@@ -86,8 +86,7 @@ def run_params(config: TrainConfig) -> dict[str, str]:
     """The flattened config without tracking destination or run folder: what defines the experiment."""
     tree = config.model_dump(mode="json", by_alias=True, exclude={"tracking", "run_dir"})
     return {
-        key: json.dumps(value) if isinstance(value, list | dict) else str(value)
-        for key, value in flatten(tree).items()
+        key: json.dumps(value) if isinstance(value, list | dict) else str(value) for key, value in flatten(tree).items()
     }
 
 
@@ -131,9 +130,7 @@ class RunTracker:
     def _log_config_artifact(self, run_id: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "config.yaml"
-            path.write_text(
-                yaml.safe_dump(self.config.model_dump(mode="json", by_alias=True), sort_keys=False)
-            )
+            path.write_text(yaml.safe_dump(self.config.model_dump(mode="json", by_alias=True), sort_keys=False))
             self.client.log_artifact(run_id, str(path))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:

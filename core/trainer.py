@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from ablate.core.data.bundled import resolve_data_root
 from ablate.core.data.dataset import EvalDataset, TrainDataset
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.sampler import StepBatchSampler
-from ablate.core.evaluation import evaluate
+from ablate.core.evaluation import evaluate, evaluation_metric_names
 from ablate.core.models import CLIP, create_model, parameter_counts
 from ablate.core.optim import build_optimizer, learning_rate, set_learning_rate
 from ablate.core.runtime import configure_threads, resolve_device, seed_everything
@@ -40,6 +40,8 @@ EvalCallback = Callable[[int, dict[str, float]], bool]
 
 @dataclass
 class TrainResult:
+    """`metrics`: the last evaluation plus per-run constants (parameter counts), what objectives read."""
+
     steps: int
     metrics: dict[str, float]
     stopped_early: bool
@@ -47,6 +49,11 @@ class TrainResult:
     resumed_from: int | None
     wall_seconds: float
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def result_metric_names(zero_shot_tasks: Iterable[str]) -> list[str]:
+    """Every name a TrainResult's `metrics` can hold, i.e. what a study may use as an objective."""
+    return [f"model/params_{part}" for part in ("image", "text", "total")] + evaluation_metric_names(zero_shot_tasks)
 
 
 def compute_loss(
@@ -91,9 +98,7 @@ class Trainer:
         self.resumed = checkpoint is not None
 
         manifest = load_manifest(resolve_data_root(self.config.data))
-        train_set = TrainDataset(
-            manifest, self.model.inputs, self.config.data.train_caption, self.config.seed
-        )
+        train_set = TrainDataset(manifest, self.model.inputs, self.config.data.train_caption, self.config.seed)
         self.eval_set = EvalDataset(manifest, self.model.inputs, "val", self.config.eval.max_samples)
         sampler = StepBatchSampler(
             len(train_set),
@@ -117,9 +122,9 @@ class Trainer:
         run_id = self.tracker.run_id if self.tracker else None
         try:
             self._build()
+            self.run_metrics = {f"model/params_{k}": float(v) for k, v in parameter_counts(self.model).items()}
             if self.tracker and not self.resumed:
-                counts = {f"model/params_{k}": v for k, v in parameter_counts(self.model).items()}
-                self.tracker.log_metrics(counts | {"system/threads": self.threads}, 0)
+                self.tracker.log_metrics(self.run_metrics | {"system/threads": self.threads}, 0)
             log.info(
                 "run %s: %s from step %d/%d on %s with %d threads",
                 run_id or "(untracked)",
@@ -145,9 +150,7 @@ class Trainer:
     def _loop(self, result: TrainResult) -> None:
         config, settings, model, optimizer = self.config, self.config.train, self.model, self.optimizer
         bf16 = settings.precision == "bf16"
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        )
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         window_loss = torch.zeros((), device=self.device)
         window_start, window_steps = time.perf_counter(), 0
         model.train()
@@ -182,9 +185,7 @@ class Trainer:
                         / (time.perf_counter() - window_start),
                     }
                     if not math.isfinite(train_metrics["train/loss"]):
-                        raise FloatingPointError(
-                            f"training loss is {train_metrics['train/loss']} at step {done}"
-                        )
+                        raise FloatingPointError(f"training loss is {train_metrics['train/loss']} at step {done}")
                     if self.tracker:
                         self.tracker.log_metrics(train_metrics, done)
                     progress.update(
@@ -210,19 +211,15 @@ class Trainer:
     def _evaluate(self, step: int, result: TrainResult, bf16: bool) -> bool:
         """Evaluate, log, and ask the callbacks whether to stop."""
         metrics = evaluate(self.model, self.eval_set, self.config.eval.batch_size, self.device, bf16)
-        result.metrics = metrics
+        result.metrics = self.run_metrics | metrics
         result.history.append((step, metrics))
         if self.tracker:
             self.tracker.log_metrics(metrics, step)
-        log.info(
-            "step %d: %s", step, ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items())
-        )
+        log.info("step %d: %s", step, ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items()))
         return any(callback(step, metrics) for callback in self.callbacks)
 
     def _save(self, step: int) -> None:
-        save_checkpoint(
-            self.checkpoint_dir, step, self.model, self.optimizer, self.config.train.keep_checkpoints
-        )
+        save_checkpoint(self.checkpoint_dir, step, self.model, self.optimizer, self.config.train.keep_checkpoints)
 
 
 @contextlib.contextmanager

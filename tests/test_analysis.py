@@ -8,20 +8,32 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow_fixtures import BASELINE, OBJECTIVE, SyntheticStudy, build_study, create_store
+from mlflow_fixtures import BASELINE, DESCRIPTION, OBJECTIVE, PARAMS_METRIC, SyntheticStudy, build_study, create_store
 
 from ablate.analysis import (
+    MOBILECLIP_LAMBDA_IN1K,
+    StudyData,
     StudyNotFoundError,
     finished,
     format_mean_ci,
     load_histories,
     load_runs,
+    load_study_data,
+    objective_results,
+    paper_reference,
+    plan_figures,
+    plot_heatmap,
+    plot_metric_curve,
     plot_metric_vs_param,
     plot_training_curves,
+    realised_sparsity,
+    results_table,
     save_figure,
     set_style,
     study_info,
     summarise,
+    summary_markdown,
+    trials_table,
     varied_params,
 )
 
@@ -47,8 +59,16 @@ def test_load_runs_has_one_row_per_trial_and_excludes_the_parent(study, runs):
 
 
 def test_load_runs_columns_and_types(runs):
-    assert list(runs.columns[:6]) == ["run_id", "trial_number", "state", "seed", "config_hash", "baseline"]
-    assert list(runs.columns[-3:]) == ["start_time", "end_time", "duration_s"]
+    assert list(runs.columns[:7]) == [
+        "run_id",
+        "trial_number",
+        "state",
+        "seed",
+        "config_hash",
+        "baseline",
+        "error",
+    ]
+    assert list(runs.columns[-4:]) == ["status", "start_time", "end_time", "duration_s"]
     assert pd.api.types.is_integer_dtype(runs["trial_number"])
     assert pd.api.types.is_integer_dtype(runs["seed"])
     assert pd.api.types.is_float_dtype(runs["param.loss.lambda"])
@@ -65,6 +85,8 @@ def test_load_runs_states_seeds_and_baselines(study, runs):
     assert runs["state"].tolist() == ["finished"] * 8 + ["failed"]
     assert runs["seed"].tolist() == [0, 1] * 4 + [99]
     assert runs["baseline"].tolist() == [None] * 6 + [BASELINE] * 2 + [None]
+    assert runs["error"].tolist() == [None] * 8 + ["RuntimeError: loss is NaN"]
+    assert runs["status"].tolist() == ["FINISHED"] * 8 + ["FAILED"]
     assert runs["config_hash"].iloc[:6].tolist() == [h for h in study.config_hashes for _ in range(2)]
     assert len(finished(runs)) == 8
 
@@ -74,6 +96,10 @@ def test_study_info(study):
     assert info["parent_run_id"] == study.parent_run_id
     assert info["objectives"] == [{"metric": OBJECTIVE, "direction": "maximize"}]
     assert info["search_space"] == ["loss.lambda", "optim.lr"]
+    assert info["description"] == "" and info["optuna_storage"] is None
+    assert info["spec_source"] == "parent run tags"  # no study/study.json artifact: rebuilt from the tags
+    assert info["spec"]["objectives"] == info["objectives"]
+    assert info["spec"]["storage"] == {"optuna": None, "mlflow": study.tracking_uri}
 
 
 def test_unknown_study_names_the_store_and_the_available_studies(study):
@@ -214,3 +240,153 @@ def test_save_figure_writes_png_and_svg(tmp_path):
     ]
     assert paths[0].read_bytes().startswith(b"\x89PNG")
     assert "<svg" in paths[1].read_text()
+
+
+@pytest.fixture(scope="module")
+def rich(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return build_study(tmp_path_factory.mktemp("rich"), rich=True)
+
+
+@pytest.fixture(scope="module")
+def rich_data(rich: SyntheticStudy) -> StudyData:
+    return load_study_data(rich.study, rich.tracking_uri)
+
+
+def test_study_info_reads_the_logged_spec(rich):
+    info = study_info(rich.study, rich.tracking_uri)
+    assert info["spec_source"] == "study/study.json"
+    assert info["spec"]["sampler"] == {"name": "grid", "seed": 0}
+    assert info["description"] == DESCRIPTION
+    assert info["optuna_storage"] == rich.optuna_storage
+
+
+def test_histories_keep_the_last_value_logged_for_a_step(rich, rich_data):
+    histories = load_histories(rich.study, rich.tracking_uri, [OBJECTIVE], rich_data.runs, cache=False)
+    resumed = histories[histories["trial_number"] == 0]  # logged step 50 twice, the earlier value 1.0 lower
+    assert resumed["step"].tolist() == [50, 100]
+    assert resumed["value"].tolist() == pytest.approx([0.4, 0.5])
+
+
+def test_histories_of_ended_runs_are_fetched_once(rich, rich_data, monkeypatch, tmp_path):
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path))
+    calls: list[str] = []
+    original = MlflowClient.get_metric_history
+
+    def counting(self, run_id, key):
+        calls.append(run_id)
+        return original(self, run_id, key)
+
+    monkeypatch.setattr(MlflowClient, "get_metric_history", counting)
+    cold = load_histories(rich.study, rich.tracking_uri, [OBJECTIVE], rich_data.runs)
+    assert len(calls) == len(rich_data.runs)
+    warm = load_histories(rich.study, rich.tracking_uri, [OBJECTIVE], rich_data.runs)
+    assert len(calls) == len(rich_data.runs)
+    pd.testing.assert_frame_equal(cold, warm)
+
+    reopened = rich_data.runs.copy()  # a resumed run: running again, then ended later
+    reopened.loc[0, "status"] = "RUNNING"
+    load_histories(rich.study, rich.tracking_uri, [OBJECTIVE], reopened)
+    load_histories(rich.study, rich.tracking_uri, [OBJECTIVE], reopened)
+    assert calls[len(rich_data.runs) :] == [reopened.loc[0, "run_id"]] * 2  # a running run is never cached
+    reopened.loc[0, ["status", "end_time"]] = ["FINISHED", reopened.loc[0, "end_time"] + pd.Timedelta(1, "h")]
+    load_histories(rich.study, rich.tracking_uri, [OBJECTIVE], reopened)
+    load_histories(rich.study, rich.tracking_uri, [OBJECTIVE], reopened)
+    assert len(calls) == len(rich_data.runs) + 3
+
+
+def test_failed_and_pruned_runs_are_listed_but_not_counted(rich, rich_data):
+    trials = trials_table(rich_data)
+    assert trials["state"].value_counts().to_dict() == {"finished": 8, "failed": 1, "pruned": 1}
+    assert trials.loc[trials["state"] == "failed", "error"].tolist() == ["RuntimeError: loss is NaN"]
+    results = objective_results(rich_data, rich.objectives[0])
+    assert results["n"].tolist() == [2, 2, 2, 2]  # the failed and pruned replicates are not in any mean
+    assert results["mean"].tolist() == pytest.approx([0.8, 0.7, 0.6, 0.6])
+    front = dict(zip(results["configuration"], results["pareto"], strict=True))
+    assert front == {
+        "lambda=1, lr=0.01": True,
+        "lambda=0.5, lr=0.001": True,
+        "lambda=0, lr=0.0001": True,
+        BASELINE: False,
+    }
+    assert results.loc[results["baseline"].isna(), "method"].tolist() == ["bootstrap"] * 3
+    table = results_table(results)
+    assert table["mean ± 95% CI"].iloc[0] == "0.8000 ± 1.2706"
+    assert table["Pareto"].tolist() == results["pareto"].map({True: "✓", False: ""}).tolist()
+    assert table["configuration"].iloc[:2].tolist() == ["lambda=1, lr=0.01", "lambda=0.5, lr=0.001"]
+
+
+def test_summary_names_best_configuration_baseline_counts_and_compute(rich_data):
+    text = summary_markdown(rich_data)
+    assert "lambda=1, lr=0.01: 0.8000 ± 1.2706 (n=2)" in text
+    assert "vs baseline `mobileclip`: +0.2000 [95% CI +0.0500, +0.3500], bootstrap p" in text
+    assert "10 trials: 8 finished, 1 pruned, 1 failed" in text
+    assert "2.5 cpu_hours over all runs" in text
+    assert "3 configuration(s) on the Pareto front" in text
+
+
+def test_summary_without_baseline_compares_best_and_worst(tmp_path):
+    study = build_study(tmp_path, baseline=False, failed=False, seeds=(0, 1, 2))
+    text = summary_markdown(load_study_data(study.study, study.tracking_uri))
+    assert "vs the worst, lambda=0, lr=0.0001: 0.7000 ± 0.4968 (n=3): +0.2000 [95% CI" in text
+    assert "welch p = " in text
+
+
+def test_plan_figures_only_where_data_exists(rich_data, study):
+    names = [f.name for f in plan_figures(rich_data)]
+    assert names == [
+        f"{OBJECTIVE}_vs_loss.lambda",
+        f"{OBJECTIVE}_vs_optim.lr",
+        f"{PARAMS_METRIC}_vs_loss.lambda",
+        f"{PARAMS_METRIC}_vs_optim.lr",
+        f"{OBJECTIVE}_vs_lambda_curve",
+        f"{OBJECTIVE}_heatmap_loss.lambda_x_optim.lr",
+        f"{OBJECTIVE}_vs_{PARAMS_METRIC}_tradeoff",  # realised parameters are all equal: no trade-off there
+        f"{OBJECTIVE}_vs_sparsity",
+        f"{OBJECTIVE}_curves",  # params_total is logged at step 0 only: no curve
+        "compute_cpu_hours",
+        "retrieval",
+    ]
+    plain = [f.name for f in plan_figures(load_study_data(study.study, study.tracking_uri))]
+    assert "compute_cpu_hours" not in plain and f"{OBJECTIVE}_vs_sparsity" not in plain
+    assert not any("tradeoff" in name for name in plain)
+
+
+def test_every_planned_figure_draws(rich_data):
+    set_style()
+    for planned in plan_figures(rich_data):
+        fig = planned.draw()
+        assert fig.axes, planned.name
+        plt.close(fig)
+
+
+def test_plot_metric_vs_param_colours_by_a_categorical_hue(rich_data):
+    frame = rich_data.done.assign(**{"param.data.train_caption": ["alt", "syn"] * 4})
+    ax = plot_metric_vs_param(frame, OBJECTIVE, "optim.lr", hue="data.train_caption")
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[:2] == ["data.train_caption=alt", "data.train_caption=syn"]
+    assert [len(c.get_offsets()) for c in ax.collections[:2]] == [3, 3]
+    assert not [line for line in ax.get_lines() if len(line.get_xdata()) > 2]  # single runs: no line
+    plt.close(ax.figure)
+
+
+def test_plot_heatmap_means_per_cell(rich_data):
+    ax = plot_heatmap(rich_data.done, OBJECTIVE, "loss.lambda", "optim.lr")
+    annotations = sorted(t.get_text() for t in ax.texts)
+    assert annotations == ["0.6", "0.7", "0.8"]
+    plt.close(ax.figure)
+
+
+def test_plot_metric_curve_overlays_the_paper_on_a_second_axis(rich_data):
+    ax = plot_metric_curve(rich_data.done, OBJECTIVE, "loss.lambda", MOBILECLIP_LAMBDA_IN1K)
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "MobileCLIP paper (IN-1k, Tab 3b)" in labels and f"{BASELINE} (baseline)" in labels
+    assert len(ax.figure.axes) == 2 and ax.figure.axes[1].get_ylabel() == MOBILECLIP_LAMBDA_IN1K.unit
+    assert paper_reference("eval/retrieval/i2t_r1", "param.loss.lambda").label.startswith("MobileCLIP paper (Flickr")
+    assert paper_reference(OBJECTIVE, "param.optim.lr") is None
+    plt.close(ax.figure)
+
+
+def test_realised_sparsity_from_parameter_counts(rich_data, runs):
+    sparsity = realised_sparsity(rich_data.done)
+    assert sorted(sparsity.round(4).unique()) == [0.0, 0.5, 0.6, 0.6667]  # 1 - 1e6 / (1e6 (i + 1)), baseline 2.5e6
+    assert realised_sparsity(runs) is None

@@ -1,9 +1,10 @@
-"""`ablate launch` end to end on the local executor: trials as submitit jobs, Optuna and MLflow records, a
-failing trial that does not stop the study, relaunching to continue, and the report on the result."""
+"""`ablate launch` end to end on the local executor: baselines and replicates as submitit jobs, Optuna and
+MLflow agreeing trial by trial, failing trials that do not stop the study, relaunching, dry runs, reports."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -16,82 +17,97 @@ from optuna.trial import TrialState
 from rich.console import Console
 from train_helpers import fast_config
 
-from ablate.ablations.scheduler import launch
-from ablate.ablations.spec import load_study
-from ablate.core.config_io import ConfigError
+from ablate.ablations.scheduler import LaunchResult, launch, prepare
 
 pytestmark = pytest.mark.slow
+OBJECTIVE = "eval/zeroshot/mean_top1"
 
 
-def write_study(folder: Path, shapes_root: Path, trials: int) -> Path:
+def write_study(folder: Path, shapes_root: Path, **changes: object) -> Path:
+    """A grid study: two captions x (good data, missing data), two seeds, one baseline, no pruner."""
     base = fast_config(folder, shapes_root, {"train.steps": 20, "train.eval_every": 10})
     del base["run_dir"], base["tracking"]
     study = {
         "name": "smoke",
+        "description": "does the caption source matter?",
         "base": base,
         "search_space": {
             "data.train_caption": {"type": "categorical", "choices": ["alt", "syn"]},
             "data.root": {"type": "categorical", "choices": [str(shapes_root), str(folder / "missing")]},
         },
+        "replicates": {"seeds": [0, 1]},
+        "baselines": {"default": {"overrides": {}}},
         "sampler": {"name": "grid"},
-        "budget": {"trials": trials, "parallel": 2},
-        "executor": {"kind": "local", "threads_per_trial": 1, "poll_seconds": 0.5, "timeout_min": 10},
+        "pruner": {"name": "none"},
+        "budget": {"trials": 3, "parallel": 2},
+        "executor": {"kind": "local", "threads_per_trial": 1, "poll_seconds": 0.5, "timeout_min": 10, "retries": 1},
         "storage": {"mlflow": f"sqlite:///{folder / 'mlflow.db'}"},
         "runs_root": str(folder / "runs"),
     }
+    study.update(changes)
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
 
 
+def trial_runs(path: Path) -> list:
+    spec, _ = prepare(path)
+    client = MlflowClient(tracking_uri=spec.storage.mlflow)
+    experiment = client.get_experiment_by_name(spec.name)
+    return client.search_runs([experiment.experiment_id], "tags.`ablate.role` = 'trial'")
+
+
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> tuple[Path, object]:
-    folder = tmp_path_factory.mktemp("launch")
-    path = write_study(folder, shapes_root, trials=3)
+def launched(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> tuple[Path, LaunchResult]:
+    path = write_study(tmp_path_factory.mktemp("launch"), shapes_root)
     return path, launch(path, Console(quiet=True))
 
 
-def test_trials_complete_or_fail_and_are_recorded(launched: tuple[Path, object]) -> None:
-    path, _ = launched
-    spec, _ = load_study(path)
-    study = optuna.load_study(study_name="smoke", storage=spec.optuna_storage)
-    finished = [trial for trial in study.trials if trial.state != TrialState.WAITING]
-    assert len(finished) == 3  # the fourth grid point stays queued for a later launch
-    failed = [trial for trial in study.trials if trial.state == TrialState.FAIL]
-    complete = [trial for trial in study.trials if trial.state == TrialState.COMPLETE]
+def load(path: Path) -> optuna.Study:
+    spec, _ = prepare(path)
+    return optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+
+
+def test_trials_complete_or_fail_and_are_recorded(launched: tuple[Path, LaunchResult]) -> None:
+    path, result = launched
+    study = load(path)
+    ended = [trial for trial in study.trials if trial.state != TrialState.WAITING]
+    assert len(ended) == 3  # the fourth grid point stays queued for a later launch
+    failed = [trial for trial in ended if trial.state == TrialState.FAIL]
+    complete = [trial for trial in ended if trial.state == TrialState.COMPLETE]
     assert complete and failed and len(complete) + len(failed) == 3
     for trial in failed:
         assert trial.params["data.root"].endswith("missing")
         assert "manifest.json" in trial.user_attrs["error"]
     for trial in complete:
-        assert 0.0 <= trial.values[0] <= 1.0
-        assert trial.intermediate_values  # the job reported evaluations to the study itself
+        assert trial.intermediate_values  # the job reported its evaluations to the study itself
+        assert len(trial.user_attrs["mlflow_run_ids"]) == 2
+    assert result.outcomes[0].label == "baseline default"  # baselines run first
 
 
-def test_mlflow_holds_a_parent_run_with_one_child_per_trial(launched: tuple[Path, object]) -> None:
+def test_optuna_and_mlflow_agree_trial_by_trial(launched: tuple[Path, LaunchResult]) -> None:
     path, result = launched
-    spec, _ = load_study(path)
-    client = MlflowClient(tracking_uri=spec.storage.mlflow)
-    experiment = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [run for run in runs if run.data.tags.get("ablate.role") == "study"]
-    children = [run for run in runs if run.data.tags.get("ablate.role") == "trial"]
-    assert len(parents) == 1 and parents[0].info.run_id == result.parent_run_id
-    assert json.loads(parents[0].data.tags["ablate.objective"])[0]["metric"] == "eval/zeroshot/mean_top1"
-    assert len(children) == 3
-    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {result.parent_run_id}
-    states = sorted(run.data.tags["ablate.state"] for run in children)
-    statuses = sorted(run.info.status for run in children)
-    assert "failed" in states and "finished" in states
-    assert "FAILED" in statuses and "FINISHED" in statuses
-    failed = next(run for run in children if run.data.tags["ablate.state"] == "failed")
-    assert "manifest.json" in failed.data.tags["ablate.error"]
-    assert all(run.data.params["train.threads"] == "1" for run in children)
+    runs = trial_runs(path)
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {result.parent_run_id}
+    baseline = [run for run in runs if run.data.tags.get("ablate.baseline") == "default"]
+    assert sorted(run.data.tags["ablate.seed"] for run in baseline) == ["0", "1"]
+    by_id = {run.info.run_id: run for run in runs}
+    for trial in load(path).trials:
+        if trial.state != TrialState.COMPLETE:
+            continue
+        replicates = [by_id[run_id] for run_id in trial.user_attrs["mlflow_run_ids"]]
+        assert {run.data.tags["ablate.trial_number"] for run in replicates} == {str(trial.number)}
+        assert len({run.data.tags["ablate.config_hash"] for run in replicates}) == 1
+        assert trial.values[0] == pytest.approx(statistics.fmean(run.data.metrics[OBJECTIVE] for run in replicates))
+        assert {run.data.params["seed"] for run in replicates} == {"0", "1"}
+    failed = [run for run in runs if run.data.tags["ablate.state"] == "failed"]
+    assert failed and all(run.info.status == "FAILED" for run in failed)
+    assert "manifest.json" in failed[0].data.tags["ablate.error"]
 
 
-def test_report_on_the_launched_study(launched: tuple[Path, object], tmp_path: Path) -> None:
+def test_report_on_the_launched_study(launched: tuple[Path, LaunchResult], tmp_path: Path) -> None:
     path, _ = launched
-    spec, _ = load_study(path)
+    spec, _ = prepare(path)
     command = [
         sys.executable,
         "-m",
@@ -109,36 +125,58 @@ def test_report_on_the_launched_study(launched: tuple[Path, object], tmp_path: P
     assert "smoke" in (tmp_path / "report" / "report.html").read_text()
 
 
-def test_relaunch_continues_the_same_study(launched: tuple[Path, object]) -> None:
+def test_status_and_list(launched: tuple[Path, LaunchResult]) -> None:
+    path, _ = launched
+    spec, _ = prepare(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "ablate", "status", "smoke", "--json", "--runs-root", spec.runs_root],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["trials"]["complete"] >= 1 and status["trials"]["fail"] >= 1
+    assert status["best"][OBJECTIVE]["params"]["data.root"] == spec.search_space["data.root"].choices[0]
+    assert status["running_jobs"] == [] and status["cpu_hours"] > 0
+    listed = subprocess.run(
+        [sys.executable, "-m", "ablate", "list", "--runs-root", spec.runs_root],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "smoke" in listed.stdout
+
+
+def test_relaunch_continues_without_rerunning_anything(launched: tuple[Path, LaunchResult]) -> None:
     path, first = launched
+    before = {run.info.run_id for run in trial_runs(path)}
     study_file = yaml.safe_load(path.read_text())
     study_file["budget"]["trials"] = 4
     path.write_text(yaml.safe_dump(study_file))
     second = launch(path, Console(quiet=True))
     assert second.parent_run_id == first.parent_run_id
-    assert [outcome.number for outcome in second.outcomes] == [3]
-    spec, _ = load_study(path)
-    study = optuna.load_study(study_name="smoke", storage=spec.optuna_storage)
-    assert [trial.state for trial in study.trials].count(TrialState.WAITING) == 0
+    labels = [outcome.label for outcome in second.outcomes]
+    assert labels == ["baseline default", "trial 3"]  # the baseline is read back from its results, not rerun
+    study = load(path)
+    assert len(study.trials) == 4 and not [t for t in study.trials if t.state == TrialState.WAITING]
     assert len({(t.params["data.train_caption"], t.params["data.root"]) for t in study.trials}) == 4
+    after = trial_runs(path)
+    assert before <= {run.info.run_id for run in after}
+    keys = [
+        (run.data.tags.get("ablate.trial_number"), run.data.tags.get("ablate.baseline"), run.data.tags["ablate.seed"])
+        for run in after
+    ]
+    assert len(keys) == len(set(keys))  # no replicate has two MLflow runs
 
 
-def test_study_errors_name_file_field_and_value(tmp_path: Path, shapes_root: Path) -> None:
-    path = write_study(tmp_path, shapes_root, trials=1)
-    study = yaml.safe_load(path.read_text())
-    study["sampler"]["name"] = "tpe"
-    study["search_space"]["optim.lrr"] = {"type": "float", "low": 1e-4, "high": 1e-3}
-    path.write_text(yaml.safe_dump(study))
-    with pytest.raises(ConfigError, match=r"search_space\.optim\.lrr.*optim\.lrr: unknown key"):
-        load_study(path)
-
-    study["search_space"] = {"optim.lr": {"type": "float", "low": 1e-2, "high": 1e-3}}
-    path.write_text(yaml.safe_dump(study))
-    with pytest.raises(ConfigError, match=r"search_space\.optim\.lr.*low \(0\.01\) must be smaller"):
-        load_study(path)
-
+def test_dry_run_shows_the_plan_and_runs_nothing(tmp_path: Path, shapes_root: Path) -> None:
+    path = write_study(tmp_path, shapes_root)
     done = subprocess.run(
-        [sys.executable, "-m", "ablate", "launch", str(path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ablate", "launch", "--dry-run", str(path)], capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert str(path) in done.stderr
+    assert done.returncode == 0, done.stderr
+    output = " ".join(done.stdout.split())
+    assert "first trials:" in output and "baselines: default" in output
+    assert "8 jobs in all" in output  # (3 trials + 1 baseline) x 2 seeds
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

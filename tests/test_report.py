@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import html as html_module
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 from mlflow import MlflowClient
-from mlflow_fixtures import build_study
+from mlflow_fixtures import build_study, rich_report
 
-from ablate.analysis import NoFinishedTrialsError, ReportError, StudyNotFoundError, build_report
+from ablate.analysis import (
+    NoFinishedTrialsError,
+    ReportError,
+    StudyNotFoundError,
+    build_comparison_report,
+    build_report,
+)
 from ablate.analysis.notebook import TemplateError, fill_parameters, parse_percent
 from ablate.analysis.report import absolute_tracking_uri, template_path
 
@@ -112,6 +120,9 @@ def test_build_report_executes_exports_and_logs(tmp_path):
 
     stems = [
         "eval_zeroshot_mean_top1_curves",
+        "eval_zeroshot_mean_top1_heatmap_loss.lambda_x_optim.lr",
+        "eval_zeroshot_mean_top1_vs_lambda_curve",
+        "retrieval",
         *(f"eval_zeroshot_mean_top1_vs_{p}" for p in ("loss.lambda", "optim.lr")),
     ]
     assert _figure_names(out_dir) == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
@@ -134,7 +145,7 @@ def test_build_report_with_one_or_no_varied_param(tmp_path, search_space, vs_fig
     build_report(study.study, study.tracking_uri, out_dir, log_to_mlflow=False)
 
     _assert_executed_cleanly(_code_cells(out_dir / "report.ipynb"))
-    stems = ["eval_zeroshot_mean_top1_curves", *vs_figures]
+    stems = ["eval_zeroshot_mean_top1_curves", "retrieval", *vs_figures]
     assert _figure_names(out_dir) == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
     assert not MlflowClient(tracking_uri=study.tracking_uri).list_artifacts(study.parent_run_id)
 
@@ -157,3 +168,48 @@ def test_build_report_unknown_study(tmp_path):
     study = build_study(tmp_path)
     with pytest.raises(StudyNotFoundError, match="'other'"):
         build_report("other", study.tracking_uri, tmp_path / "report")
+
+
+def test_rich_report_shows_spec_comparisons_importances_and_every_applicable_figure():
+    study, out_dir = rich_report()
+    _assert_executed_cleanly(_code_cells(out_dir / "report.ipynb"))
+    html = (out_dir / "report.html").read_text()
+    text_only = html_module.unescape(re.sub(r"<[^>]+>", "", html))  # code blocks are split into highlighted spans
+    for text in (
+        "Does distillation weight help a tiny CLIP?",  # the question
+        "Study spec (from study/study.json)",
+        "Δ vs mobileclip [95% CI]",
+        "p (Holm)",
+        "Pareto",
+        "fANOVA over 6 complete Optuna trials",
+        "RuntimeError: loss is NaN",  # the failed trial is listed
+        "pruned",
+        "2.5 cpu_hours over all runs",
+        "ablate launch ablations/studies/quickstart.yaml",
+        f"ablate report quickstart --tracking-uri {study.tracking_uri}",
+        "MobileCLIP paper (IN-1k, Tab 3b)",
+    ):
+        assert text in text_only, text
+    stems = {p.stem for p in (out_dir / "figures").iterdir()}
+    assert {"compute_cpu_hours", "eval_zeroshot_mean_top1_vs_sparsity", "retrieval"} <= stems
+    assert "eval_zeroshot_mean_top1_vs_model_params_total_tradeoff" in stems
+    assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", html)) == len(stems)
+
+
+def test_comparison_report_puts_two_studies_side_by_side(tmp_path):
+    first = build_study(tmp_path / "store", study="alpha")
+    build_study(tmp_path / "store", study="beta", seeds=(0, 1, 2), tracking_uri=first.tracking_uri)
+    notebook_path = build_comparison_report(["alpha", "beta"], first.tracking_uri, tmp_path / "compare")
+    _assert_executed_cleanly(_code_cells(notebook_path))
+    assert "STUDIES = ['alpha', 'beta']" in _code_cells(notebook_path)[0].source
+    html = (tmp_path / "compare" / "report.html").read_text()
+    assert "<code>alpha</code>" in html and "<code>beta</code>" in html
+    assert "best configuration" in html
+    assert _figure_names(tmp_path / "compare") == [
+        "eval_zeroshot_mean_top1_by_study.png",
+        "eval_zeroshot_mean_top1_by_study.svg",
+    ]
+    with pytest.raises(ReportError, match="two different studies"):
+        build_comparison_report(["alpha", "alpha"], first.tracking_uri, tmp_path / "again")
+    with pytest.raises(StudyNotFoundError, match="gamma"):
+        build_comparison_report(["alpha", "gamma"], first.tracking_uri, tmp_path / "again")

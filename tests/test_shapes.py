@@ -148,9 +148,7 @@ def test_shards_are_readable_by_webdataset(small: tuple[Path, dict]) -> None:
         assert samples[0]["txt"] == expected["txt"] and samples[0]["json"] == expected["json"]
 
 
-def test_generation_is_bit_identical_across_runs_and_workers(
-    small: tuple[Path, dict], tmp_path: Path
-) -> None:
+def test_generation_is_bit_identical_across_runs_and_workers(small: tuple[Path, dict], tmp_path: Path) -> None:
     out, manifest = small
     again = generate_shapes(tmp_path / "again", seed=3, workers=2, **SMALL)
     assert again == manifest

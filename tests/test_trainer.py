@@ -78,9 +78,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path, 
 
 
 def test_run_is_tracked_in_mlflow(tmp_path: Path, shapes_root: Path) -> None:
-    tree = fast_config(
-        tmp_path, shapes_root, {"tracking.run_name": "tracked", "tracking.tags": {"team": "x"}}
-    )
+    tree = fast_config(tmp_path, shapes_root, {"tracking.run_name": "tracked", "tracking.tags": {"team": "x"}})
     result = train(TrainConfig.model_validate(tree))
     client = MlflowClient(tracking_uri=tree["tracking"]["uri"])
     run = client.get_run(result.run_id)

@@ -20,8 +20,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ABLATE_CACHE", Path.home() / ".cache" / "ablate"))
 
 
+def bundled_shapes_path(train: int, val: int, seed: int) -> Path:
+    """Where the benchmark of this size lives in the cache (whether or not it was generated yet)."""
+    return cache_dir() / f"shapes-seed{seed}-train{train}-val{val}-{BUNDLED_IMAGE_SIZE}px"
+
+
 def bundled_shapes_root(train: int, val: int, seed: int) -> Path:
-    root = cache_dir() / f"shapes-seed{seed}-train{train}-val{val}-{BUNDLED_IMAGE_SIZE}px"
+    """The benchmark's folder, generated first if the cache does not hold it yet."""
+    root = bundled_shapes_path(train, val, seed)
     if (root / "manifest.json").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)

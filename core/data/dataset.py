@@ -33,9 +33,7 @@ def decode_sample_image(sample: dict, inputs: InputSpec) -> torch.Tensor:
     with Image.open(io.BytesIO(sample[extension])) as decoded:
         image = torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
     if image.shape[-2:] != (inputs.image_size, inputs.image_size):
-        image = TF.resize(
-            image, inputs.image_size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True
-        )
+        image = TF.resize(image, inputs.image_size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         image = TF.center_crop(image, inputs.image_size)
     image = image.float().div_(255.0)
     return TF.normalize(image, list(inputs.mean), list(inputs.std))

@@ -43,9 +43,7 @@ class Manifest(_Strict):
 
     def shard_paths(self, split: str) -> list[Path]:
         if split not in self.splits:
-            raise ConfigError(
-                f"{self.root / 'manifest.json'}: no split {split!r} (has {sorted(self.splits)})"
-            )
+            raise ConfigError(f"{self.root / 'manifest.json'}: no split {split!r} (has {sorted(self.splits)})")
         return [self.root / shard for shard in self.splits[split].shards]
 
 

@@ -16,9 +16,7 @@ from torch.utils.data import Sampler
 class StepBatchSampler(Sampler[list[int]]):
     def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int, end_step: int) -> None:
         if num_samples < batch_size:
-            raise ValueError(
-                f"the training split has {num_samples} samples, fewer than one batch ({batch_size})"
-            )
+            raise ValueError(f"the training split has {num_samples} samples, fewer than one batch ({batch_size})")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.start_step, self.end_step = start_step, end_step
         self.batches_per_epoch = num_samples // batch_size  # the ragged tail of each epoch is dropped

@@ -61,9 +61,7 @@ def _check_args(*, image_size: int, noisy_fraction: float, **counts: int) -> Non
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-def render_sample(
-    seed: int, split: str, index: int, image_size: int = 64, noisy_fraction: float = 0.3
-) -> dict:
+def render_sample(seed: int, split: str, index: int, image_size: int = 64, noisy_fraction: float = 0.3) -> dict:
     """Render one sample as webdataset fields: {"__key__", "png", "txt", "json", "syn.json"}.
 
     Image, alt-text and synthetic captions use independent child streams of
@@ -158,6 +156,22 @@ def _run(tasks: list[tuple], workers: int) -> Iterator[int]:
         yield from pool.imap_unordered(_write_shard, tasks)
 
 
+def zero_shot_tasks() -> dict[str, dict]:
+    """The benchmark's zero-shot tasks as manifest entries: the largest object's shape and its colour."""
+    return {
+        "shape": {
+            "classnames": list(SHAPES),
+            "templates": list(SHAPE_TEMPLATES),
+            "label_key": "largest.shape",
+        },
+        "colour": {
+            "classnames": list(COLOURS),
+            "templates": list(COLOUR_TEMPLATES),
+            "label_key": "largest.colour",
+        },
+    }
+
+
 def _manifest(args: dict[str, Any], plans: dict[str, list[tuple[str, int, int]]]) -> dict:
     return {
         "name": "shapes",
@@ -166,21 +180,9 @@ def _manifest(args: dict[str, Any], plans: dict[str, list[tuple[str, int, int]]]
         "image_size": args["image_size"],
         "noisy_fraction": args["noisy_fraction"],
         "splits": {
-            split: {"shards": [p for p, _, _ in plan], "num_samples": args[split]}
-            for split, plan in plans.items()
+            split: {"shards": [p for p, _, _ in plan], "num_samples": args[split]} for split, plan in plans.items()
         },
-        "zero_shot": {
-            "shape": {
-                "classnames": list(SHAPES),
-                "templates": list(SHAPE_TEMPLATES),
-                "label_key": "largest.shape",
-            },
-            "colour": {
-                "classnames": list(COLOURS),
-                "templates": list(COLOUR_TEMPLATES),
-                "label_key": "largest.colour",
-            },
-        },
+        "zero_shot": zero_shot_tasks(),
         "retrieval": {"split": "val", "caption": "syn0"},
         "generation": {k: args[k] for k in _CACHE_KEYS if k != "version"},
     }
@@ -228,9 +230,7 @@ def generate_shapes(
     tasks = []
     for split, plan in plans.items():
         (out / split).mkdir(parents=True, exist_ok=True)
-        tasks += [
-            (str(out / rel), split, a, b, seed, image_size, float(noisy_fraction)) for rel, a, b in plan
-        ]
+        tasks += [(str(out / rel), split, a, b, seed, image_size, float(noisy_fraction)) for rel, a, b in plan]
     done = _run(tasks, workers)
     if progress:
         _consume_with_progress(done, train + val)

@@ -113,9 +113,7 @@ def clean_alt(objects: Sequence[DrawnObject], rng: np.random.Generator) -> str:
     if rest:
         template = _ALT_MANY[int(rng.integers(len(_ALT_MANY)))]
         phrase = _alt_phrase(main, rng)
-        text = template.format(
-            a=phrase, A=phrase.capitalize(), rest=_join([_alt_phrase(o, rng) for o in rest])
-        )
+        text = template.format(a=phrase, A=phrase.capitalize(), rest=_join([_alt_phrase(o, rng) for o in rest]))
     else:
         template = _ALT_ONE[int(rng.integers(len(_ALT_ONE)))]
         phrase = _alt_phrase(main, rng)

@@ -116,9 +116,7 @@ _OUTLINES: dict[str, np.ndarray] = {
         ]
     ),
     "heart": _heart(),
-    "arrow": np.array(
-        [[-1, -0.24], [0.15, -0.24], [0.15, -0.62], [1, 0], [0.15, 0.62], [0.15, 0.24], [-1, 0.24]]
-    ),
+    "arrow": np.array([[-1, -0.24], [0.15, -0.24], [0.15, -0.62], [1, 0], [0.15, 0.62], [0.15, 0.24], [-1, 0.24]]),
 }
 
 
@@ -216,9 +214,7 @@ def render_image(rng: np.random.Generator, side: int) -> tuple[np.ndarray, list[
         placed.append((*centre, radius))
         mask = _draw_mask(shape, centre[0] * side, centre[1] * side, radius * side, angle, side)
         masks.append(mask)
-        objects.append(
-            DrawnObject(shape, colour, size, round(centre[0], 3), round(centre[1], 3), float(mask.sum()))
-        )
+        objects.append(DrawnObject(shape, colour, size, round(centre[0], 3), round(centre[1], 3), float(mask.sum())))
     # Stable sort: equal areas keep drawing order, so ties resolve to the earlier-sampled object.
     order = sorted(range(len(objects)), key=lambda k: -objects[k].area)
     for k in reversed(order):

@@ -69,9 +69,7 @@ class IndexedShards:
         return sample
 
     def _handle(self, shard: int) -> BinaryIO:
-        if (
-            os.getpid() != self._owner_pid
-        ):  # a forked loader worker must not share file offsets with its parent
+        if os.getpid() != self._owner_pid:  # a forked loader worker must not share file offsets with its parent
             self._handles, self._owner_pid = {}, os.getpid()
         if shard not in self._handles:
             self._handles[shard] = open(self.paths[shard], "rb")  # noqa: SIM115 -- kept open for reuse

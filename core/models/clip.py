@@ -49,9 +49,7 @@ class CLIP(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(tokens), dim=-1)
 
-    def forward(
-        self, images: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised image features, normalised text features and the multiplier exp(logit_scale)."""
         return self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp()
 

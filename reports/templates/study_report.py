@@ -16,17 +16,18 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from ablate.analysis import (
-    config_label,
-    finished,
-    format_mean_ci,
-    load_histories,
-    load_runs,
-    plot_metric_vs_param,
-    plot_training_curves,
+    final_metrics_table,
+    header_markdown,
+    load_study_data,
+    objective_results,
+    param_importances,
+    plan_figures,
+    reproduce_markdown,
+    results_table,
     save_figure,
     set_style,
-    study_info,
-    summarise,
+    summary_markdown,
+    trials_table,
 )
 
 STUDY = "{study}"
@@ -35,66 +36,45 @@ FIGURE_DIR = Path("figures")
 
 # %%
 set_style()
-info = study_info(STUDY, TRACKING_URI)
-runs = load_runs(STUDY, TRACKING_URI)
-done = finished(runs)
-objectives = info["objectives"]
-search_space = info["search_space"]
-objective_lines = "\n".join(f"- `{o['metric']}` ({o['direction']})" for o in objectives)
-states = ", ".join(f"{count} {state}" for state, count in runs["state"].value_counts().items())
-display(
-    Markdown(
-        f"## Study `{STUDY}`\n\n"
-        f"- tracking store: `{TRACKING_URI}`\n"
-        f"- parent run: `{info['parent_run_id']}`\n"
-        f"- trials: {len(runs)} ({states}), {done['config_hash'].nunique()} finished configurations\n"
-        f"- varied parameters: {', '.join(f'`{p}`' for p in search_space) or 'none (replicates only)'}\n\n"
-        f"Objectives:\n\n{objective_lines}"
-    )
-)
+pd.options.display.float_format = "{:.4g}".format
+data = load_study_data(STUDY, TRACKING_URI)
+display(Markdown(header_markdown(data)))
+display(Markdown(summary_markdown(data)))
 
 # %% [markdown]
 # ## Results
 #
 # One row per configuration (replicates differ only by seed), best first: mean of the objective over finished
-# replicates with the half-width of its 95% Student-t confidence interval.
+# replicates with the half-width of its 95% Student-t confidence interval. With a baseline, each configuration's
+# difference to it: Welch's interval and t-test from 3 replicates per group, a seeded bootstrap below; p-values
+# Holm-adjusted across configurations (* below 0.05). Multi-objective studies mark the Pareto front.
 
 # %%
-for objective in objectives:
-    summary = summarise(done, objective["metric"], params=search_space, direction=objective["direction"])
-    table = summary.assign(**{"mean ± 95% CI": format_mean_ci(summary)})
-    table = table.rename(columns=lambda c: c.removeprefix("param."))
+for objective in data.objectives:
     display(Markdown(f"### `{objective['metric']}` ({objective['direction']})"))
-    display(table)
+    display(results_table(objective_results(data, objective)))
 
 # %% [markdown]
-# ## Objective vs varied parameters
+# ## Parameter importances
 #
-# Each point is a run; the line joins per-value means with their 95% CIs; dashed lines are baselines.
+# Optuna's fANOVA importances per objective, computed on the study's Optuna storage.
 
 # %%
-if not search_space:
-    display(Markdown("No parameter is varied in this study: every configuration is a replicate."))
-for objective in objectives:
-    for param in search_space:
-        fig, ax = plt.subplots()
-        plot_metric_vs_param(done, objective["metric"], param, ax=ax)
-        save_figure(fig, FIGURE_DIR, f"{objective['metric']}_vs_{param}")
-        plt.show()
+importances = param_importances(data.info["optuna_storage"], STUDY, data.objectives)
+display(Markdown(f"_{importances.note}._"))
+if importances.table is not None:
+    display(importances.table)
 
 # %% [markdown]
-# ## Training curves
+# ## Figures
 #
-# Mean over replicates per configuration; the band spans the replicates.
+# Only the figures whose data this study logged. Each is also saved (PNG and SVG) under `figures/`.
 
 # %%
-metrics = [o["metric"] for o in objectives]
-histories = load_histories(STUDY, TRACKING_URI, metrics)
-histories = histories[histories["run_id"].isin(done["run_id"])]
-for metric in metrics:
-    fig, ax = plt.subplots()
-    plot_training_curves(histories, metric, ax=ax)
-    save_figure(fig, FIGURE_DIR, f"{metric}_curves")
+for figure in plan_figures(data):
+    display(Markdown(f"### {figure.title}\n\n{figure.caption}"))
+    fig = figure.draw()
+    save_figure(fig, FIGURE_DIR, figure.name)
     plt.show()
 
 # %% [markdown]
@@ -103,9 +83,15 @@ for metric in metrics:
 # Last logged value of every evaluation metric, per configuration (mean over finished replicates).
 
 # %%
-eval_metrics = [c for c in done.columns if c.startswith("metric.eval/")]
-labels = [config_label(h, b) for h, b in zip(done["config_hash"], done["baseline"], strict=True)]
-final = done.assign(configuration=labels).groupby("configuration")[eval_metrics].mean()
-final.columns = [c.removeprefix("metric.") for c in final.columns]
-pd.options.display.float_format = "{:.4f}".format
-display(final)
+display(final_metrics_table(data))
+
+# %% [markdown]
+# ## Trials
+#
+# Every trial run, including failed and pruned ones (excluded from the statistics above).
+
+# %%
+display(trials_table(data))
+
+# %%
+display(Markdown(reproduce_markdown(data)))

@@ -1,0 +1,155 @@
+"""Study-level control outside the launch loop: one launcher per study, cancelling, stale jobs, status, list.
+
+Everything here works from the study's run folder and its Optuna storage, so it also works when the launcher
+that started the study is gone (killed, or on another login node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ablate.ablations.spec import StudySpec
+from ablate.ablations.trial import JOB_RECORD, RESULT_RECORD
+from ablate.core.config_io import ConfigError
+
+STUDY_RECORD = "study.json"
+CANCEL_MARKER = "CANCEL"
+LOCK_FILE = "launcher.lock"
+
+
+@contextlib.contextmanager
+def launcher_lock(folder: Path) -> Iterator[None]:
+    """Hold the study's launcher lock; a second `ablate launch` of the same study fails instead of racing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise ConfigError(
+                f"{folder}: study is already being launched by pid {handle.read().strip() or '?'}; "
+                f"wait for it or run `ablate cancel`"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def launcher_alive(folder: Path) -> bool:
+    if not (folder / LOCK_FILE).is_file():
+        return False
+    with open(folder / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def load_recorded_spec(name: str, runs_root: Path) -> StudySpec:
+    record = runs_root / name / STUDY_RECORD
+    if not record.is_file():
+        known = ", ".join(list_studies(runs_root)) or "none"
+        raise ConfigError(f"study {name!r}: no {record} (launched studies under {runs_root}: {known})")
+    return StudySpec.model_validate_json(record.read_text())
+
+
+def list_studies(runs_root: Path) -> list[str]:
+    return sorted(p.parent.name for p in runs_root.glob(f"*/{STUDY_RECORD}"))
+
+
+def live_job(run_dir: Path) -> int | None:
+    """The pid of the process running this replicate, if it is alive on this host and has no result yet."""
+    record = run_dir / JOB_RECORD
+    if not record.is_file() or (run_dir / RESULT_RECORD).is_file():
+        return None
+    job = json.loads(record.read_text())
+    if job.get("host") != platform.node():
+        return None
+    try:
+        os.kill(job["pid"], 0)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return int(job["pid"])
+
+
+def stop_stale_job(run_dir: Path, grace_seconds: float = 10.0) -> bool:
+    """Stop a replicate's process left running by a dead launcher, so it is never run twice at once."""
+    pid = live_job(run_dir)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while live_job(run_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if live_job(run_dir) is not None:
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def replicate_dirs(spec: StudySpec) -> list[Path]:
+    return sorted(spec.run_folder.glob("trials/*/seed-*")) + sorted(spec.run_folder.glob("baselines/*/seed-*"))
+
+
+def request_cancel(spec: StudySpec) -> str:
+    """Ask the live launcher to stop; with none alive, stop the jobs and fail the running trials directly."""
+    folder = spec.run_folder
+    if launcher_alive(folder):
+        (folder / CANCEL_MARKER).write_text(str(time.time()))
+        return "asked the running launcher to cancel the study"
+    stopped = sum(stop_stale_job(run_dir) for run_dir in replicate_dirs(spec))
+    study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return f"stopped {stopped} job(s) and marked {len(running)} running trial(s) failed"
+
+
+def study_status(spec: StudySpec) -> dict[str, Any]:
+    """Trials by state, best per objective, live jobs and compute spent, from the storage and run folders."""
+    study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(trial.state.name.lower() for trial in trials)
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+    best = {}
+    for index, objective in enumerate(spec.objectives):
+        if complete:
+            pick = max if objective.direction == "maximize" else min
+            winner = pick(complete, key=lambda trial, i=index: trial.values[i])
+            best[objective.metric] = {
+                "trial": winner.number,
+                "value": winner.values[index],
+                "params": winner.params,
+            }
+    cpu_seconds, live = 0.0, []
+    for run_dir in replicate_dirs(spec):
+        result_path = run_dir / RESULT_RECORD
+        if result_path.is_file():
+            result = json.loads(result_path.read_text())
+            cpu_seconds += result["wall_seconds"] * (result.get("threads") or 1)
+        elif (pid := live_job(run_dir)) is not None:
+            live.append({"run_dir": str(run_dir), "pid": pid})
+    return {
+        "study": spec.name,
+        "trials": dict(states),
+        "budget": spec.budget.trials,
+        "best": best,
+        "running_jobs": live,
+        "cpu_hours": cpu_seconds / 3600,
+        "launcher_alive": launcher_alive(spec.run_folder),
+    }

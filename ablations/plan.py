@@ -1,0 +1,113 @@
+"""What a study will do, checked before anything runs (`ablate launch --dry-run`, and the start of every launch).
+
+Static validation (spec.py) catches wrong keys, types and ranges; this adds what needs the runtime: the data
+exists, every model name is in the factory, and every objective is a metric the trainer actually reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from ablate.ablations.optuna_study import distributions, fixed_params, grid_points, make_sampler
+from ablate.ablations.spec import CategoricalParam, StudySpec
+from ablate.core.config_io import ConfigError, apply_overrides, validate_train_config
+from ablate.core.data.bundled import bundled_shapes_path
+from ablate.core.data.manifest import load_manifest
+from ablate.core.data.shapes import zero_shot_tasks
+from ablate.core.models import list_models
+from ablate.core.trainer import result_metric_names
+from ablate.slurm.executors import threads_per_trial
+
+
+@dataclass
+class StudyPlan:
+    spec: StudySpec
+    data: str
+    objective_metrics: list[str]
+    threads_per_job: int
+    jobs: int
+    first_trials: list[dict[str, Any]]
+
+
+def check_runtime(spec: StudySpec, base: dict[str, Any], source: str) -> tuple[str, list[str]]:
+    """Data, model names and objectives; returns a description of the data and the reportable metrics."""
+    config = validate_train_config(base, source)
+    if config.data.root is not None:
+        manifest = load_manifest(config.data.root)  # FileNotFoundError names data.root
+        tasks, data = list(manifest.zero_shot), f"{config.data.root} ({manifest.name})"
+    else:
+        root = bundled_shapes_path(config.data.shapes_train, config.data.shapes_val, config.data.shapes_seed)
+        cached = (root / "manifest.json").is_file()
+        tasks = list(zero_shot_tasks())
+        data = f"bundled shapes benchmark at {root} ({'cached' if cached else 'generated on first launch'})"
+    _check_model_names(spec, base, source)
+    reported = result_metric_names(tasks)
+    for index, objective in enumerate(spec.objectives):
+        if objective.metric not in reported:
+            raise ConfigError(
+                f"{source}: objectives.{index}.metric: {objective.metric!r} is not a metric the "
+                f"trainer reports (available: {', '.join(reported)})"
+            )
+    return data, reported
+
+
+def _check_model_names(spec: StudySpec, base: dict[str, Any], source: str) -> None:
+    known = {entry.name for entry in list_models()}
+    candidates = {("base", validate_train_config(base, source).model.name)}
+    for name, baseline in spec.baselines.items():
+        tree = apply_overrides(base, baseline.overrides)
+        candidates.add((f"baselines.{name}", validate_train_config(tree, source).model.name))
+    choice = spec.search_space.get("model.name")
+    if isinstance(choice, CategoricalParam):
+        candidates.update(("search_space.model.name", value) for value in choice.choices)
+    for where, name in sorted(candidates):
+        if name not in known:
+            raise ConfigError(f"{source}: {where}: unknown model {name!r} (available: {', '.join(sorted(known))})")
+
+
+def plan_study(spec: StudySpec, base: dict[str, Any], source: str, preview: int = 5) -> StudyPlan:
+    data, _ = check_runtime(spec, base, source)
+    metrics = [objective.metric for objective in spec.objectives]
+    seeds = len(spec.replicates.seeds)
+    trials = min(spec.budget.trials, len(grid_points(spec))) if spec.sampler.name == "grid" else spec.budget.trials
+    return StudyPlan(
+        spec,
+        data,
+        metrics,
+        threads_per_trial(spec.executor.threads_per_trial, spec.budget.parallel),
+        (trials + len(spec.baselines)) * seeds,
+        _first_trials(spec, min(preview, trials)),
+    )
+
+
+def _first_trials(spec: StudySpec, count: int) -> list[dict[str, Any]]:
+    """What the sampler would propose first, from a throwaway in-memory study with the same sampler and seed."""
+    if spec.sampler.name == "grid":
+        return [{**point, **fixed_params(spec)} for point in grid_points(spec)[:count]]
+    directions = [objective.direction for objective in spec.objectives]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    scratch = optuna.create_study(directions=directions, sampler=make_sampler(spec))
+    return [{**scratch.ask(distributions(spec)).params, **fixed_params(spec)} for _ in range(count)]
+
+
+def describe(plan: StudyPlan) -> list[str]:
+    spec = plan.spec
+    space = ", ".join(f"{k} {v.model_dump(exclude={'type'})} [{v.type}]" for k, v in spec.search_space.items())
+    lines = [
+        f"study {spec.name}: {spec.description or '(no description)'}",
+        f"data: {plan.data}",
+        f"objectives: {', '.join(f'{o.metric} ({o.direction})' for o in spec.objectives)}",
+        f"sampler {spec.sampler.name} (seed {spec.sampler.seed}), pruner {spec.pruner.name}",
+        f"search space: {space or 'none'}",
+        f"baselines: {', '.join(spec.baselines) or 'none'}; seeds per configuration: {spec.replicates.seeds} "
+        f"(objective = {spec.replicates.aggregate})",
+        f"resources: {spec.budget.trials} trials, {spec.budget.parallel} jobs at once on the "
+        f"{spec.executor.kind} executor, {plan.threads_per_job} threads each, {plan.jobs} jobs in all, "
+        f"retries {spec.executor.retries}",
+        f"storage: optuna {spec.optuna_storage}; mlflow {spec.storage.mlflow}; files in {spec.run_folder}",
+        "first trials:",
+    ]
+    return lines + [f"  {i}: {params}" for i, params in enumerate(plan.first_trials)]

@@ -1,0 +1,56 @@
+"""Optuna's parameter importances, read from the study's own storage (the URL tagged on the parent run).
+
+Importances need the sampled parameters and objective values exactly as Optuna holds them, so they are
+computed on the Optuna study rather than rebuilt from MLflow. Everything that can make them unavailable
+(no storage recorded, a storage on another machine, too few complete trials, nothing varied) is reported as
+a note instead of an error: a report must still build.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+MIN_COMPLETE_TRIALS = 2
+
+
+@dataclass(frozen=True)
+class Importances:
+    """Per objective, the importance of each parameter (rows: parameters, columns: objective metrics); or
+    why there are none (`table` is None and `note` says why)."""
+
+    table: pd.DataFrame | None
+    note: str
+
+
+def param_importances(storage: str | None, study: str, objectives: list[dict[str, str]], seed: int = 0) -> Importances:
+    """fANOVA importances (Optuna's default evaluator, seeded for reproducible reports) per objective."""
+    if not storage:
+        return Importances(None, "no Optuna storage is recorded on the study's parent run")
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        # Opening a missing sqlite file would create an empty database as a side effect.
+        return Importances(None, f"the Optuna storage {storage} does not exist on this machine")
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        loaded = optuna.load_study(study_name=study, storage=storage)
+    except Exception as err:
+        return Importances(None, f"the Optuna storage {storage} could not be read ({type(err).__name__}: {err})")
+    complete = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < MIN_COMPLETE_TRIALS:
+        return Importances(None, f"{len(complete)} complete trial(s) in Optuna; importances need {MIN_COMPLETE_TRIALS}")
+    columns = {}
+    for index, objective in enumerate(objectives):
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        try:
+            columns[objective["metric"]] = optuna.importance.get_param_importances(
+                loaded, evaluator=evaluator, target=lambda trial, i=index: trial.values[i]
+            )
+        except (ValueError, RuntimeError) as err:  # e.g. no parameter varies across complete trials
+            return Importances(None, f"Optuna could not compute importances: {err}")
+    table = pd.DataFrame(columns).fillna(0.0)
+    table.index.name = "parameter"
+    return Importances(table, f"fANOVA over {len(complete)} complete Optuna trials")

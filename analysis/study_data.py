@@ -1,0 +1,57 @@
+"""Everything a report reads about one study, loaded once: what the study asked, and its trial runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+
+from ablate.analysis.plots import config_labels
+from ablate.analysis.runs import finished, load_runs, param_column, study_info
+
+
+@dataclass
+class StudyData:
+    """The parent run's record (`study_info`) and one row per trial run (`load_runs`)."""
+
+    info: dict[str, Any]
+    runs: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.info["study"]
+
+    @property
+    def objectives(self) -> list[dict[str, str]]:
+        return self.info["objectives"]
+
+    @cached_property
+    def params(self) -> list[str]:
+        """`param.` columns of the search space that really vary across the finished trials.
+
+        Fixed entries of the search space (the seed) and parameters a short study happened not to vary
+        would only add constant columns to tables and flat plots.
+        """
+        columns = [param_column(p) for p in self.info["search_space"]]
+        trials = self.done[self.done["baseline"].isna()]
+        return [c for c in columns if c in trials.columns and c != "param.seed" and trials[c].nunique() > 1]
+
+    @cached_property
+    def done(self) -> pd.DataFrame:
+        """Finished runs only: failed and pruned runs are excluded from every statistic."""
+        return finished(self.runs)
+
+    @cached_property
+    def labels(self) -> pd.Series:
+        """Readable configuration label of every run (indexed like `runs`)."""
+        return config_labels(self.runs, self.params)
+
+    @property
+    def has_baseline(self) -> bool:
+        return bool(self.done["baseline"].notna().any())
+
+
+def load_study_data(study: str, tracking_uri: str) -> StudyData:
+    return StudyData(study_info(study, tracking_uri), load_runs(study, tracking_uri))
