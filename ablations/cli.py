@@ -170,12 +170,14 @@ def list_command(runs_root: Path = typer.Option(Path("runs"), help="where launch
 @app.command()
 def report(
     name: str = typer.Argument(..., help="study name"),
+    compare: str | None = typer.Option(None, "--compare", help="a second study to put side by side with NAME"),
     tracking_uri: str | None = typer.Option(None, help="MLflow URI; default: the one the study was launched with"),
-    out: Path | None = typer.Option(None, help="output folder; default reports/NAME"),
+    out: Path | None = typer.Option(None, help="output folder; default reports/NAME (or reports/compare_A_vs_B)"),
     runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
 ) -> None:
     """Write reports/NAME/report.ipynb (executed) and report.html from the study's MLflow runs."""
-    from ablate.analysis.report import build_report
+    from ablate.analysis.comparison_report import build_comparison_report
+    from ablate.analysis.report import ReportError, build_report
     from ablate.analysis.runs import StudyNotFoundError
 
     record = runs_root / name / "study.json"
@@ -183,10 +185,15 @@ def report(
         json.loads(record.read_text())["storage"]["mlflow"] if record.is_file() else "sqlite:///mlflow.db"
     )
     try:
-        notebook = build_report(name, uri, out or Path("reports") / name)
-    except (StudyNotFoundError, *USER_ERRORS) as err:
+        if compare:
+            notebook = build_comparison_report(
+                [name, compare], uri, out or Path("reports") / f"compare_{name}_vs_{compare}"
+            )
+        else:
+            notebook = build_report(name, uri, out or Path("reports") / name)
+    except (StudyNotFoundError, ReportError, *USER_ERRORS) as err:
         _fail(str(err))
-    console.print(f"report: {notebook} and {notebook.with_suffix('.html')}")
+    console.print(f"report: {notebook} and {notebook.with_suffix('.html')}", soft_wrap=True)
 
 
 @data_app.command("shapes")

@@ -20,7 +20,7 @@ from scipy import stats
 from ablate.analysis.runs import metric_column
 
 Method = Literal["auto", "welch", "bootstrap"]
-MIN_WELCH_N = 3
+MIN_WELCH_N = 2
 COMPARISON_COLUMNS = ["diff", "diff_low", "diff_high", "p_value", "p_holm", "method"]
 
 

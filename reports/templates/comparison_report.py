@@ -33,8 +33,8 @@ FIGURE_DIR = Path("figures")
 set_style()
 studies = {name: load_study_data(name, TRACKING_URI) for name in STUDIES}
 objectives = shared_objectives(studies)
-display(Markdown(f"Tracking store: `{TRACKING_URI}`. Shared objectives: "
-                 + (", ".join(f"`{o['metric']}` ({o['direction']})" for o in objectives) or "none")))
+shared = ", ".join(f"`{o['metric']}` ({o['direction']})" for o in objectives) or "none"
+display(Markdown(f"Tracking store: `{TRACKING_URI}`. Shared objectives: {shared}."))
 
 # %% [markdown]
 # ## Summaries
