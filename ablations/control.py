@@ -88,17 +88,19 @@ def live_job(run_dir: Path) -> int | None:
     return int(job["pid"])
 
 
-def stop_stale_job(run_dir: Path, grace_seconds: float = 10.0) -> bool:
-    """Stop a replicate's process left running by a dead launcher, so it is never run twice at once."""
+def stop_stale_job(run_dir: Path, timeout_seconds: float = 30.0) -> bool:
+    """Stop a replicate's process left running by a dead launcher, so it is never run twice at once.
+
+    SIGKILL, because submitit's job environment ignores SIGTERM (it reserves it for SLURM preemption); nothing
+    is lost beyond the steps since the last checkpoint, which is written atomically.
+    """
     pid = live_job(run_dir)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_seconds
     while live_job(run_dir) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if live_job(run_dir) is not None:
-        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
     return True
 
 

@@ -26,7 +26,7 @@ from ablate.ablations.optuna_study import distributions, enqueue_grid, fixed_par
 from ablate.ablations.parent_run import close_parent_run, open_parent_run
 from ablate.ablations.plan import check_runtime
 from ablate.ablations.spec import StudySpec, load_study
-from ablate.ablations.trial import TrialJob
+from ablate.ablations.trial import TrialJob, read_result
 from ablate.ablations.work import Group, Replicate, build_group, replicate_tree
 from ablate.core.config_io import ConfigError, validate_train_config
 from ablate.core.data.bundled import resolve_data_root
@@ -151,6 +151,7 @@ class StudyScheduler:
             for replicate in group.replicates:
                 if not replicate.finished and stop_stale_job(replicate.run_dir):
                     self.console.print(f"[yellow]{replicate.label}: stopped its job left by an earlier launch")
+                    replicate.result = read_result(replicate.run_dir)  # it may have finished meanwhile
             self.console.print(f"[yellow]trial {trial.number}: resumed from an earlier launch")
             self._add_group(group)
 
@@ -187,6 +188,7 @@ class StudyScheduler:
                 trial_id,
                 config.model_dump(mode="json", by_alias=True),
                 reports,
+                time.time(),
             )
         )
         replicate.attempts += 1
@@ -197,7 +199,7 @@ class StudyScheduler:
     # -- collecting results -----------------------------------------------------------------------------
     def _collect(self) -> None:
         for key, (replicate, job) in list(self.running.items()):
-            if not job.done():
+            if key not in self.running or not job.done():  # settling a sibling may have cancelled it already
                 continue
             del self.running[key]
             try:

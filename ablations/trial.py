@@ -56,6 +56,7 @@ class TrialJob:
     trial_id: int | None  # Optuna's storage id of the trial; None for baseline runs
     config: dict[str, Any]  # the complete TrainConfig tree of this replicate
     reports_to_study: bool  # one replicate per trial reports intermediate values; all of them obey pruning
+    submitted_at: float  # epoch seconds when the scheduler handed it to the executor (queue + start-up time)
 
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -66,7 +67,13 @@ class TrialJob:
         job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "")
         write_json_atomically(
             run_dir / JOB_RECORD,
-            {"pid": os.getpid(), "host": platform.node(), "job_id": job_id, "started": time.time()},
+            {
+                "pid": os.getpid(),
+                "host": platform.node(),
+                "job_id": job_id,
+                "submitted": self.submitted_at,
+                "started": time.time(),
+            },
         )
         callbacks = [self._pruning_callback(spec)] if self.trial_id is not None and len(spec.objectives) == 1 else []
         try:

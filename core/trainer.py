@@ -153,6 +153,9 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         window_loss = torch.zeros((), device=self.device)
         window_start, window_steps = time.perf_counter(), 0
+        if self.start_step >= settings.steps:  # killed after its last checkpoint: only the final evaluation is due
+            self._evaluate(self.start_step, result, bf16)
+            return
         model.train()
         with _progress(settings.progress, settings.steps, self.start_step) as (progress, task):
             for step, (images, tokens) in enumerate(self.loader, start=self.start_step):

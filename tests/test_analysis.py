@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow_fixtures import BASELINE, DESCRIPTION, OBJECTIVE, PARAMS_METRIC, SyntheticStudy, build_study, create_store
+from scipy import stats
 
 from ablate.analysis import (
     MOBILECLIP_LAMBDA_IN1K,
@@ -308,7 +309,7 @@ def test_failed_and_pruned_runs_are_listed_but_not_counted(rich, rich_data):
         "lambda=0, lr=0.0001": True,
         BASELINE: False,
     }
-    assert results.loc[results["baseline"].isna(), "method"].tolist() == ["bootstrap"] * 3
+    assert results.loc[results["baseline"].isna(), "method"].tolist() == ["welch"] * 3
     table = results_table(results)
     assert table["mean ± 95% CI"].iloc[0] == "0.8000 ± 1.2706"
     assert table["Pareto"].tolist() == results["pareto"].map({True: "✓", False: ""}).tolist()
@@ -318,7 +319,10 @@ def test_failed_and_pruned_runs_are_listed_but_not_counted(rich, rich_data):
 def test_summary_names_best_configuration_baseline_counts_and_compute(rich_data):
     text = summary_markdown(rich_data)
     assert "lambda=1, lr=0.01: 0.8000 ± 1.2706 (n=2)" in text
-    assert "vs baseline `mobileclip`: +0.2000 [95% CI +0.0500, +0.3500], bootstrap p" in text
+    # Welch on [0.7, 0.9] vs [0.55, 0.65]: the interval is scipy's, computed independently here
+    welch = stats.ttest_ind([0.7, 0.9], [0.55, 0.65], equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    assert f"vs baseline `mobileclip`: +0.2000 [95% CI {low:+.4f}, {high:+.4f}], welch p = {welch.pvalue:.3g}" in text
     assert "10 trials: 8 finished, 1 pruned, 1 failed" in text
     assert "2.5 cpu_hours over all runs" in text
     assert "3 configuration(s) on the Pareto front" in text

@@ -65,7 +65,7 @@ def test_bootstrap_is_seeded_and_its_p_value_never_zero():
 
 def test_difference_picks_the_method_by_replicate_count():
     assert difference(A, B).method == "welch"
-    assert difference(A[:2], B).method == "bootstrap"
+    assert difference(A[:2], B).method == "welch"  # two replicates suffice for Welch
     assert difference(A, B, method="bootstrap").method == "bootstrap"
     assert difference(A[:2], B, method="welch").method == "welch"
     single = difference(A[:1], B)
@@ -95,8 +95,16 @@ def test_compare_to_baseline_with_welch(study, done):
     assert table["p_holm"].to_numpy() == pytest.approx(holm(table["p_value"]))
 
 
-def test_compare_to_baseline_uses_the_bootstrap_below_three_replicates(done):
+def test_compare_to_baseline_uses_welch_from_two_replicates(done):
     table = compare_to_baseline(done, OBJECTIVE)
+    assert table["method"].tolist() == ["welch"] * 3
+    expected = stats.ttest_ind([0.7, 0.9], [0.55, 0.65], equal_var=False)  # configuration 2 vs the baseline
+    assert (table["diff_low"].iloc[2], table["diff_high"].iloc[2]) == pytest.approx(expected.confidence_interval(0.95))
+    assert table["p_value"].iloc[2] == pytest.approx(expected.pvalue)
+
+
+def test_compare_to_baseline_bootstrap_on_request(done):
+    table = compare_to_baseline(done, OBJECTIVE, method="bootstrap")
     assert table["method"].tolist() == ["bootstrap"] * 3
     assert table["diff_low"].iloc[2] == pytest.approx(0.05)  # [0.7, 0.9] vs [0.55, 0.65]: worst case 0.7 - 0.65
 

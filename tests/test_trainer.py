@@ -107,3 +107,11 @@ def test_callback_stops_the_run_and_leaves_a_checkpoint(tmp_path: Path, shapes_r
     result = train(TrainConfig.model_validate(tree), [stop_at_first_eval])
     assert result.stopped_early and result.steps == 15 and seen == [15]
     assert latest_checkpoint(Path(tree["run_dir"]) / "checkpoints").step == 15
+
+
+def test_rerunning_a_finished_run_only_reevaluates(tmp_path: Path, shapes_root: Path) -> None:
+    tree = fast_config(tmp_path, shapes_root, {"tracking.enabled": False, "train.steps": 10, "train.eval_every": 10})
+    first = train(TrainConfig.model_validate(tree))
+    again = train(TrainConfig.model_validate(tree))
+    assert again.resumed_from == 10 and again.steps == 10
+    assert again.metrics == first.metrics

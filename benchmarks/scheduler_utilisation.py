@@ -1,0 +1,150 @@
+"""Slot utilisation of ablate's asynchronous scheduler versus a batch-synchronous one (Hydra's sweeper), and
+per-trial orchestration overhead on the local executor. A benchmark, not a test: run it by hand.
+
+Both schedulers run the same real trial jobs (tiny-model training runs whose lengths differ by 8x, as trials
+do when they vary model size or steps) through the same submitit LocalExecutor with the same slots:
+
+- async: ablate's StudyScheduler (`ablate launch`);
+- batch: submit `parallel` jobs, wait for the slowest, repeat (what hydra-optuna-sweeper does with n_jobs).
+
+Utilisation = busy slot-seconds / (slots x makespan). Overhead = time from a slot being given a job to that
+job's training run starting (process start + imports + MLflow run creation), read from the job ledger and the
+MLflow run start time.
+
+    .venv/bin/python benchmarks/scheduler_utilisation.py [--trials 8] [--parallel 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import submitit
+import yaml
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from ablate.ablations.scheduler import launch, prepare
+from ablate.ablations.trial import JOB_RECORD, TrialJob
+from ablate.ablations.work import build_group, replicate_tree
+from ablate.core.config_io import validate_train_config
+from ablate.core.data.shapes import generate_shapes
+
+SHORT, LONG = 5, 40  # training steps of the two kinds of trial
+
+
+def study_file(folder: Path, data: Path, trials: int, parallel: int) -> Path:
+    base = {
+        "data": {"root": str(data)},
+        "optim": {"warmup_steps": 2},
+        "train": {"steps": LONG, "batch_size": 32, "eval_every": LONG, "checkpoint_every": LONG},
+        "eval": {"max_samples": 64},
+    }
+    study = {
+        "name": "utilisation",
+        "base": base,
+        "search_space": {"train.steps": {"type": "categorical", "choices": [SHORT, LONG]}},
+        "sampler": {"name": "random", "seed": 1},
+        "pruner": {"name": "none"},
+        "budget": {"trials": trials, "parallel": parallel},
+        "executor": {"kind": "local", "threads_per_trial": 1, "poll_seconds": 0.2, "retries": 0},
+        "storage": {"mlflow": f"sqlite:///{folder / 'mlflow.db'}"},
+        "runs_root": str(folder / "runs"),
+    }
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def run_intervals(folder: Path, tracking_uri: str) -> list[tuple[float, float, float]]:
+    """(submitted to a slot, training run started, run ended) per replicate, in seconds since the epoch."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    intervals = []
+    for record in sorted(folder.glob("runs/*/trials/*/seed-*/" + JOB_RECORD)):
+        submitted = json.loads(record.read_text())["submitted"]
+        run_id = json.loads((record.parent / "mlflow_run.json").read_text())["run_id"]
+        info = client.get_run(run_id).info
+        intervals.append((submitted, info.start_time / 1000, info.end_time / 1000))
+    return intervals
+
+
+def measure(folder: Path, tracking_uri: str, slots: int, makespan: float) -> dict[str, float]:
+    """Utilisation (a slot is busy from submission to its run's end) and the submit-to-run-start overhead."""
+    intervals = run_intervals(folder, tracking_uri)
+    busy = sum(end - submitted for submitted, _, end in intervals)
+    overhead = statistics.median(start - submitted for submitted, start, _ in intervals)
+    return {"makespan_s": makespan, "utilisation": busy / (slots * makespan), "overhead_median_s": overhead}
+
+
+def run_async(folder: Path, data: Path, trials: int, parallel: int) -> dict[str, float]:
+    path = study_file(folder, data, trials, parallel)
+    started = time.time()
+    launch(path, Console(quiet=True))
+    spec, _ = prepare(path)
+    return measure(folder, spec.storage.mlflow, parallel, time.time() - started)
+
+
+def run_batch_synchronous(folder: Path, data: Path, steps: list[int], parallel: int) -> dict[str, float]:
+    """The same jobs, launched `parallel` at a time, each batch waiting for its slowest job."""
+    path = study_file(folder, data, len(steps), parallel)
+    spec, base = prepare(path)
+    executor = submitit.LocalExecutor(folder=folder / "jobs")
+    executor.update_parameters(timeout_min=60)
+    started = time.time()
+    for first in range(0, len(steps), parallel):
+        jobs = []
+        for number in range(first, min(first + parallel, len(steps))):
+            group = build_group(
+                spec,
+                f"trial {number}",
+                {"train.steps": steps[number]},
+                None,
+                None,
+                spec.run_folder / "trials" / f"{number:05d}",
+            )
+            tree = replicate_tree(spec, base, group.replicates[0], "", 1)
+            config = validate_train_config(tree, "benchmark")
+            job = TrialJob(
+                spec.model_dump(mode="json"), None, config.model_dump(mode="json", by_alias=True), False, time.time()
+            )
+            jobs.append(executor.submit(job))
+        for job in jobs:
+            job.result()
+    return measure(folder, spec.storage.mlflow, parallel, time.time() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--parallel", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        data = root / "data"
+        generate_shapes(data, train=1024, val=128, seed=0, samples_per_shard=512)
+        async_result = run_async(root / "async", data, args.trials, args.parallel)
+        spec, _ = prepare(root / "async" / "study.yaml")
+        study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+        steps = [trial.params["train.steps"] for trial in study.trials]
+        batch_result = run_batch_synchronous(root / "batch", data, steps, args.parallel)
+    print(
+        json.dumps(
+            {
+                "trial_steps": steps,
+                "async": async_result,
+                "batch_synchronous": batch_result,
+                "utilisation_ratio_async_over_batch": async_result["utilisation"] / batch_result["utilisation"],
+                "makespan_ratio_batch_over_async": batch_result["makespan_s"] / async_result["makespan_s"],
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
