@@ -70,7 +70,10 @@ def latest_checkpoint(directory: Path) -> Checkpoint | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
+def save_checkpoint(
+    directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int, compute_seconds: float
+) -> Path:
+    """`compute_seconds`: wall time trained so far over all attempts, so accounting survives resumes."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
     temporary = path.with_suffix(".pt.tmp")
@@ -79,6 +82,7 @@ def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: tor
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": capture_rng(),
+        "compute_seconds": float(compute_seconds),
     }
     torch.save(state, temporary)
     temporary.replace(path)
@@ -87,10 +91,10 @@ def save_checkpoint(directory: Path, step: int, model: nn.Module, optimizer: tor
     return path
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore everything in place and return the step to continue from."""
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """Restore everything in place; return the step to continue from and the compute seconds spent so far."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     restore_rng(state["rng"])
-    return int(state["step"])
+    return int(state["step"]), float(state["compute_seconds"])

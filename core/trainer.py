@@ -94,7 +94,8 @@ class Trainer:
         ).to(self.device)
         self.optimizer = build_optimizer(self.model, self.config.optim)
         checkpoint = latest_checkpoint(self.checkpoint_dir)
-        self.start_step = load_checkpoint(checkpoint.path, self.model, self.optimizer) if checkpoint else 0
+        restored = load_checkpoint(checkpoint.path, self.model, self.optimizer) if checkpoint else (0, 0.0)
+        self.start_step, self.compute_before = restored
         self.resumed = checkpoint is not None
 
         manifest = load_manifest(resolve_data_root(self.config.data))
@@ -118,7 +119,7 @@ class Trainer:
         )
 
     def run(self) -> TrainResult:
-        started = time.perf_counter()
+        self.started = time.perf_counter()
         run_id = self.tracker.run_id if self.tracker else None
         try:
             self._build()
@@ -142,10 +143,19 @@ class Trainer:
                 self.tracker.set_tags({"ablate.error": f"{type(err).__name__}: {err}"[:4000]})
                 self.tracker.finish("FAILED")
             raise
+        result.wall_seconds = time.perf_counter() - self.started
+        compute_hours = self._compute_seconds() / 3600
         if self.tracker:
+            hours = {"compute/wall_hours": compute_hours, "compute/cpu_hours": compute_hours * self.threads}
+            if self.device.type == "cuda":
+                hours["compute/gpu_hours"] = compute_hours
+            self.tracker.log_metrics(hours, result.steps)
             self.tracker.finish("FINISHED")
-        result.wall_seconds = time.perf_counter() - started
         return result
+
+    def _compute_seconds(self) -> float:
+        """Wall time of this attempt plus what earlier attempts spent up to their last checkpoint."""
+        return self.compute_before + time.perf_counter() - self.started
 
     def _loop(self, result: TrainResult) -> None:
         config, settings, model, optimizer = self.config, self.config.train, self.model, self.optimizer
@@ -222,7 +232,14 @@ class Trainer:
         return any(callback(step, metrics) for callback in self.callbacks)
 
     def _save(self, step: int) -> None:
-        save_checkpoint(self.checkpoint_dir, step, self.model, self.optimizer, self.config.train.keep_checkpoints)
+        save_checkpoint(
+            self.checkpoint_dir,
+            step,
+            self.model,
+            self.optimizer,
+            self.config.train.keep_checkpoints,
+            self._compute_seconds(),
+        )
 
 
 @contextlib.contextmanager

@@ -11,15 +11,13 @@ import threading
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
-from train_helpers import fast_config
+from train_helpers import fast_config, optuna_study, trial_runs, write_study_yaml
 
-from ablate.ablations.scheduler import LaunchResult, launch, prepare
+from ablate.ablations.scheduler import LaunchResult, launch
 from ablate.ablations.trial import JOB_RECORD
 from ablate.core.checkpoint import latest_checkpoint
 
@@ -37,13 +35,9 @@ def write_study(folder: Path, shapes_root: Path, **changes: object) -> Path:
         "pruner": {"name": "none"},
         "budget": {"trials": 1, "parallel": 1},
         "executor": {"kind": "local", "threads_per_trial": 2, "poll_seconds": 0.3, "timeout_min": 10, "retries": 1},
-        "storage": {"mlflow": f"sqlite:///{folder / 'mlflow.db'}"},
-        "runs_root": str(folder / "runs"),
         **changes,
     }
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
+    return write_study_yaml(folder, study)
 
 
 def wait_for_checkpoint(run_dir: Path, timeout: float = 300) -> int:
@@ -56,18 +50,6 @@ def wait_for_checkpoint(run_dir: Path, timeout: float = 300) -> int:
     raise TimeoutError(f"no checkpoint in {run_dir}")
 
 
-def trial_runs(path: Path) -> list:
-    spec, _ = prepare(path)
-    client = MlflowClient(tracking_uri=spec.storage.mlflow)
-    experiment = client.get_experiment_by_name(spec.name)
-    return client.search_runs([experiment.experiment_id], "tags.`ablate.role` = 'trial'")
-
-
-def load(path: Path) -> optuna.Study:
-    spec, _ = prepare(path)
-    return optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
-
-
 def test_killed_trial_is_retried_from_its_checkpoint(tmp_path: Path, shapes_root: Path) -> None:
     path = write_study(tmp_path, shapes_root)
     outcome: list[LaunchResult] = []
@@ -77,7 +59,7 @@ def test_killed_trial_is_retried_from_its_checkpoint(tmp_path: Path, shapes_root
     os.kill(wait_for_checkpoint(run_dir), signal.SIGKILL)
     launcher.join(timeout=600)
     assert outcome and outcome[0].outcomes[0].state == "complete"
-    (trial,) = load(path).get_trials(states=(TrialState.COMPLETE,))
+    (trial,) = optuna_study(path).get_trials(states=(TrialState.COMPLETE,))
     (run,) = trial_runs(path)  # the retry continued the same MLflow run
     assert run.data.tags["ablate.resumed"] == "true"
     assert run.info.status == "FINISHED" and run.data.tags["ablate.state"] == "finished"
@@ -92,11 +74,11 @@ def test_killed_launcher_is_resumed_without_duplicates(tmp_path: Path, shapes_ro
     wait_for_checkpoint(tmp_path / "runs" / "faults" / "trials" / "00000" / "seed-0")
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert [t.state for t in load(path).trials] == [TrialState.RUNNING, TrialState.WAITING]
+    assert [t.state for t in optuna_study(path).trials] == [TrialState.RUNNING, TrialState.WAITING]
 
     result = launch(path, Console(quiet=True))
     assert [o.label for o in result.outcomes] == ["trial 0", "trial 1"]
-    study = load(path)
+    study = optuna_study(path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
     runs = trial_runs(path)
     assert sorted(run.data.tags["ablate.trial_number"] for run in runs) == ["0", "1"]
@@ -121,7 +103,7 @@ def test_baseline_replicates_and_pruning_from_inside_jobs(tmp_path: Path, shapes
         ("trial 0", "complete"),
         ("trial 1", "pruned"),
     ]
-    good, poor = load(path).trials
+    good, poor = optuna_study(path).trials
     assert good.state == TrialState.COMPLETE and poor.state == TrialState.PRUNED
     assert len(good.user_attrs["mlflow_run_ids"]) == 3
     runs = trial_runs(path)

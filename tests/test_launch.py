@@ -9,13 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
-from train_helpers import fast_config
+from train_helpers import fast_config, optuna_study, trial_runs, write_study_yaml
 
 from ablate.ablations.scheduler import LaunchResult, launch, prepare
 
@@ -41,20 +39,9 @@ def write_study(folder: Path, shapes_root: Path, **changes: object) -> Path:
         "pruner": {"name": "none"},
         "budget": {"trials": 3, "parallel": 2},
         "executor": {"kind": "local", "threads_per_trial": 1, "poll_seconds": 0.5, "timeout_min": 10, "retries": 1},
-        "storage": {"mlflow": f"sqlite:///{folder / 'mlflow.db'}"},
-        "runs_root": str(folder / "runs"),
     }
     study.update(changes)
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
-
-
-def trial_runs(path: Path) -> list:
-    spec, _ = prepare(path)
-    client = MlflowClient(tracking_uri=spec.storage.mlflow)
-    experiment = client.get_experiment_by_name(spec.name)
-    return client.search_runs([experiment.experiment_id], "tags.`ablate.role` = 'trial'")
+    return write_study_yaml(folder, study)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +50,9 @@ def launched(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> tup
     return path, launch(path, Console(quiet=True))
 
 
-def load(path: Path) -> optuna.Study:
-    spec, _ = prepare(path)
-    return optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
-
-
 def test_trials_complete_or_fail_and_are_recorded(launched: tuple[Path, LaunchResult]) -> None:
     path, result = launched
-    study = load(path)
+    study = optuna_study(path)
     ended = [trial for trial in study.trials if trial.state != TrialState.WAITING]
     assert len(ended) == 3  # the fourth grid point stays queued for a later launch
     failed = [trial for trial in ended if trial.state == TrialState.FAIL]
@@ -92,7 +74,7 @@ def test_optuna_and_mlflow_agree_trial_by_trial(launched: tuple[Path, LaunchResu
     baseline = [run for run in runs if run.data.tags.get("ablate.baseline") == "default"]
     assert sorted(run.data.tags["ablate.seed"] for run in baseline) == ["0", "1"]
     by_id = {run.info.run_id: run for run in runs}
-    for trial in load(path).trials:
+    for trial in optuna_study(path).trials:
         if trial.state != TrialState.COMPLETE:
             continue
         replicates = [by_id[run_id] for run_id in trial.user_attrs["mlflow_run_ids"]]
@@ -158,7 +140,7 @@ def test_relaunch_continues_without_rerunning_anything(launched: tuple[Path, Lau
     assert second.parent_run_id == first.parent_run_id
     labels = [outcome.label for outcome in second.outcomes]
     assert labels == ["baseline default", "trial 3"]  # the baseline is read back from its results, not rerun
-    study = load(path)
+    study = optuna_study(path)
     assert len(study.trials) == 4 and not [t for t in study.trials if t.state == TrialState.WAITING]
     assert len({(t.params["data.train_caption"], t.params["data.root"]) for t in study.trials}) == 4
     after = trial_runs(path)

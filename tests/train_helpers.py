@@ -1,9 +1,14 @@
-"""Short training configurations shared by the trainer, CLI and launch tests."""
+"""Short training configurations and study-file helpers shared by the trainer, CLI, launch and fault tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ablate.ablations.scheduler import prepare
 from ablate.core.config_io import apply_overrides
 
 
@@ -28,3 +33,25 @@ def fast_config(tmp_path: Path, shapes_root: Path, overrides: dict | None = None
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tests"},
     }
     return apply_overrides(tree, overrides or {})
+
+
+def write_study_yaml(folder: Path, study: dict) -> Path:
+    """`folder/study.yaml` with the study's stores and run folders kept inside `folder`."""
+    study = {"storage": {"mlflow": f"sqlite:///{folder / 'mlflow.db'}"}, "runs_root": str(folder / "runs"), **study}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def trial_runs(path: Path) -> list:
+    """The MLflow child runs (one per replicate) of a launched study."""
+    spec, _ = prepare(path)
+    client = MlflowClient(tracking_uri=spec.storage.mlflow)
+    experiment = client.get_experiment_by_name(spec.name)
+    return client.search_runs([experiment.experiment_id], "tags.`ablate.role` = 'trial'")
+
+
+def optuna_study(path: Path) -> optuna.Study:
+    """The Optuna study of a launched study file."""
+    spec, _ = prepare(path)
+    return optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
