@@ -164,10 +164,10 @@ class StudyScheduler:
 
     def _add_group(self, group: Group) -> None:
         self.groups.append(group)
-        self.pending.extend(r for r in group.replicates if not r.finished)
-        if group.complete:
+        if group.complete:  # decided in an earlier launch (all done, pruned or failed): record it, run nothing
             self._finish_group(group)
         else:
+            self.pending.extend(r for r in group.replicates if not r.finished)
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in group.params.items())
             self.console.print(f"{group.label} queued: {shown or 'base configuration'}", highlight=False)
 
