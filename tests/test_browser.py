@@ -54,7 +54,7 @@ def screenshot(url: str, out: Path, profile: Path, height: int, wait_ms: int = 0
 def ink(image: Image.Image) -> tuple[float, float, int]:
     """Fractions of non-white and of saturated (plot-coloured) pixels, and the number of distinct colours."""
     small = image.resize((image.width // 2, image.height // 2))
-    pixels = list(small.getdata())
+    pixels = list(small.get_flattened_data())
     non_white = sum(1 for r, g, b in pixels if min(r, g, b) < 235) / len(pixels)
     coloured = sum(1 for r, g, b in pixels if max(r, g, b) - min(r, g, b) > 60) / len(pixels)
     return non_white, coloured, len(set(pixels))
