@@ -160,7 +160,7 @@ class Trainer:
         config, settings, model, optimizer = self.config, self.config.train, self.model, self.optimizer
         bf16 = settings.precision == "bf16"
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        window_loss = torch.zeros((), device=self.device)
+        window_sums: dict[str, torch.Tensor] = {}  # loss terms summed on device: no host sync until the log step
         window_start, window_steps = time.perf_counter(), 0
         if self.start_step >= settings.steps:  # killed after its last checkpoint: only the final evaluation is due
             self._evaluate(self.start_step, result, bf16)
@@ -183,13 +183,14 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
                 optimizer.step()
                 model.clamp_logit_scale()
-                window_loss += terms["loss"].detach()  # summed on device: no host sync until the log step
+                for name, value in terms.items():
+                    window_sums[name] = window_sums.get(name, 0) + value.detach()
                 window_steps += 1
                 done = result.steps = step + 1
 
                 if done % settings.log_every == 0 or done == settings.steps:
                     train_metrics = {
-                        "train/loss": (window_loss / window_steps).item(),
+                        **{f"train/{name}": (total / window_steps).item() for name, total in window_sums.items()},
                         "train/lr": lr,
                         "train/logit_scale": model.logit_scale.exp().item(),
                         "train/samples_per_s": window_steps
@@ -206,7 +207,7 @@ class Trainer:
                         loss=train_metrics["train/loss"],
                         speed=train_metrics["train/samples_per_s"],
                     )
-                    window_loss.zero_()
+                    window_sums.clear()
                     window_start, window_steps = time.perf_counter(), 0
 
                 if done % settings.eval_every == 0 or done == settings.steps:
