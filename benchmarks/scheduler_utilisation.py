@@ -1,8 +1,8 @@
 """Slot utilisation of ablate's asynchronous scheduler versus a batch-synchronous one (Hydra's sweeper), and
 per-trial orchestration overhead on the local executor. A benchmark, not a test: run it by hand.
 
-Both schedulers run the same real trial jobs (tiny-model training runs whose lengths differ by 8x, as trials
-do when they vary model size or steps) through the same submitit LocalExecutor with the same slots:
+Both schedulers run the same real trial jobs (tiny-model training runs of 5 or 80 steps, as trials differ when
+they vary model size or steps) through the same submitit LocalExecutor with the same slots:
 
 - async: ablate's StudyScheduler (`ablate launch`);
 - batch: submit `parallel` jobs, wait for the slowest, repeat (what hydra-optuna-sweeper does with n_jobs).
@@ -34,11 +34,13 @@ from ablate.ablations.trial import JOB_RECORD, TrialJob
 from ablate.ablations.work import build_group, replicate_tree
 from ablate.core.config_io import validate_train_config
 from ablate.core.data.shapes import generate_shapes
+from ablate.core.tracking import ensure_tracking_store
 
-SHORT, LONG = 5, 40  # training steps of the two kinds of trial
+SHORT, LONG = 5, 80  # each trial is short or long (training steps), drawn at random
 
 
-def study_file(folder: Path, data: Path, trials: int, parallel: int) -> Path:
+def study_file(folder: Path, data: Path, trials: int, parallel: int, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     base = {
         "data": {"root": str(data)},
         "optim": {"warmup_steps": 2},
@@ -49,7 +51,7 @@ def study_file(folder: Path, data: Path, trials: int, parallel: int) -> Path:
         "name": "utilisation",
         "base": base,
         "search_space": {"train.steps": {"type": "categorical", "choices": [SHORT, LONG]}},
-        "sampler": {"name": "random", "seed": 1},
+        "sampler": {"name": "random", "seed": seed},
         "pruner": {"name": "none"},
         "budget": {"trials": trials, "parallel": parallel},
         "executor": {"kind": "local", "threads_per_trial": 1, "poll_seconds": 0.2, "retries": 0},
@@ -81,8 +83,8 @@ def measure(folder: Path, tracking_uri: str, slots: int, makespan: float) -> dic
     return {"makespan_s": makespan, "utilisation": busy / (slots * makespan), "overhead_median_s": overhead}
 
 
-def run_async(folder: Path, data: Path, trials: int, parallel: int) -> dict[str, float]:
-    path = study_file(folder, data, trials, parallel)
+def run_async(folder: Path, data: Path, trials: int, parallel: int, seed: int) -> dict[str, float]:
+    path = study_file(folder, data, trials, parallel, seed)
     started = time.time()
     launch(path, Console(quiet=True))
     spec, _ = prepare(path)
@@ -93,6 +95,7 @@ def run_batch_synchronous(folder: Path, data: Path, steps: list[int], parallel: 
     """The same jobs, launched `parallel` at a time, each batch waiting for its slowest job."""
     path = study_file(folder, data, len(steps), parallel)
     spec, base = prepare(path)
+    ensure_tracking_store(spec.storage.mlflow)  # as the launcher does: concurrent first use corrupts sqlite
     executor = submitit.LocalExecutor(folder=folder / "jobs")
     executor.update_parameters(timeout_min=60)
     started = time.time()
@@ -122,12 +125,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed: which trials are short or long")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         data = root / "data"
         generate_shapes(data, train=1024, val=128, seed=0, samples_per_shard=512)
-        async_result = run_async(root / "async", data, args.trials, args.parallel)
+        async_result = run_async(root / "async", data, args.trials, args.parallel, args.seed)
         spec, _ = prepare(root / "async" / "study.yaml")
         study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
         steps = [trial.params["train.steps"] for trial in study.trials]
