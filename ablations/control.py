@@ -88,8 +88,8 @@ def live_job(run_dir: Path) -> int | None:
     return int(job["pid"])
 
 
-def stop_stale_job(run_dir: Path, timeout_seconds: float = 30.0) -> bool:
-    """Stop a replicate's process left running by a dead launcher, so it is never run twice at once.
+def stop_job_process(run_dir: Path, timeout_seconds: float = 30.0) -> bool:
+    """Stop the process training in `run_dir` (left by a dead launcher, or cancelled), so nothing runs twice.
 
     SIGKILL, because submitit's job environment ignores SIGTERM (it reserves it for SLURM preemption); nothing
     is lost beyond the steps since the last checkpoint, which is written atomically.
@@ -114,7 +114,7 @@ def request_cancel(spec: StudySpec) -> str:
     if launcher_alive(folder):
         (folder / CANCEL_MARKER).write_text(str(time.time()))
         return "asked the running launcher to cancel the study"
-    stopped = sum(stop_stale_job(run_dir) for run_dir in replicate_dirs(spec))
+    stopped = sum(stop_job_process(run_dir) for run_dir in replicate_dirs(spec))
     study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ablate.ablations.control import CANCEL_MARKER, STUDY_RECORD, launcher_lock, stop_stale_job
+from ablate.ablations.control import CANCEL_MARKER, STUDY_RECORD, launcher_lock, stop_job_process
 from ablate.ablations.optuna_study import distributions, enqueue_grid, fixed_params, grid_points, open_study
 from ablate.ablations.parent_run import close_parent_run, open_parent_run
 from ablate.ablations.plan import check_runtime
@@ -149,7 +149,7 @@ class StudyScheduler:
             trial = optuna.trial.Trial(self.study, frozen._trial_id)
             group = self._trial_group(trial, {**frozen.params, **fixed_params(self.spec)})
             for replicate in group.replicates:
-                if not replicate.finished and stop_stale_job(replicate.run_dir):
+                if not replicate.finished and stop_job_process(replicate.run_dir):
                     self.console.print(f"[yellow]{replicate.label}: stopped its job left by an earlier launch")
                     replicate.result = read_result(replicate.run_dir)  # it may have finished meanwhile
             self.console.print(f"[yellow]trial {trial.number}: resumed from an earlier launch")
@@ -226,8 +226,14 @@ class StudyScheduler:
                 self.pending.remove(replicate)
         for key, (replicate, job) in list(self.running.items()):
             if replicate.group is group:
-                job.cancel(check=False)
+                self._stop(replicate, job)
                 del self.running[key]
+
+    @staticmethod
+    def _stop(replicate: Replicate, job: Any) -> None:
+        """Cancel through submitit, then make sure the training process is gone (it may ignore the signal)."""
+        job.cancel(check=False)
+        stop_job_process(replicate.run_dir, timeout_seconds=10)
 
     def _finish_group(self, group: Group) -> None:
         self.groups.remove(group)
@@ -260,7 +266,7 @@ class StudyScheduler:
 
     def _cancel_everything(self, reason: str) -> None:
         for replicate, job in self.running.values():
-            job.cancel(check=False)
+            self._stop(replicate, job)
             replicate.error = reason
         self.running.clear()
         self.pending.clear()

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from train_helpers import fast_config, optuna_study, trial_runs, write_study_yaml
 
+from ablate.ablations.control import live_job
 from ablate.ablations.scheduler import LaunchResult, launch
 from ablate.ablations.trial import JOB_RECORD
 from ablate.core.checkpoint import latest_checkpoint
@@ -110,3 +111,23 @@ def test_baseline_replicates_and_pruning_from_inside_jobs(tmp_path: Path, shapes
     assert len([r for r in runs if r.data.tags.get("ablate.baseline") == "default"]) == 3
     pruned = [r for r in runs if r.data.tags.get("ablate.trial_number") == "1"]
     assert [r.data.tags["ablate.state"] for r in pruned] == ["pruned"]  # its other seeds never started
+
+
+def test_cancel_stops_a_running_study_through_its_launcher(tmp_path: Path, shapes_root: Path) -> None:
+    path = write_study(tmp_path, shapes_root, overrides={"train.steps": 2000, "train.checkpoint_every": 5})
+    outcome: list[LaunchResult] = []
+    launcher = threading.Thread(target=lambda: outcome.append(launch(path, Console(quiet=True))))
+    launcher.start()
+    wait_for_checkpoint(tmp_path / "runs" / "faults" / "trials" / "00000" / "seed-0")
+    done = subprocess.run(
+        [sys.executable, "-m", "ablate", "cancel", "faults", "--runs-root", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "asked the running launcher" in done.stdout
+    launcher.join(timeout=120)
+    assert [(o.label, o.state) for o in outcome[0].outcomes] == [("trial 0", "failed")]
+    trial = optuna_study(path).trials[0]
+    assert trial.state == TrialState.FAIL and "cancelled" in trial.user_attrs["error"]
+    assert not live_job(tmp_path / "runs" / "faults" / "trials" / "00000" / "seed-0")  # its process is gone
