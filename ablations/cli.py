@@ -32,6 +32,7 @@ app.add_typer(data_app, name="data")
 console = Console()
 errors = Console(stderr=True)
 
+RUNS_ROOT = typer.Option(Path("runs"), help="where launched studies keep their files")
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, UnknownModelError)
 
 
@@ -98,7 +99,7 @@ def _print_outcomes(result: LaunchResult) -> None:
 @app.command()
 def resume(
     name: str = typer.Argument(..., help="study name"),
-    runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
+    runs_root: Path = RUNS_ROOT,
 ) -> None:
     """Continue a launched study from its recorded spec (same as launching its file again)."""
     from ablate.ablations.control import STUDY_RECORD, load_recorded_spec
@@ -116,7 +117,7 @@ def resume(
 def status(
     name: str = typer.Argument(..., help="study name"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-    runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
+    runs_root: Path = RUNS_ROOT,
 ) -> None:
     """Trials by state, the best so far per objective, running jobs and compute spent."""
     from ablate.ablations.control import load_recorded_spec, study_status
@@ -142,7 +143,7 @@ def status(
 @app.command()
 def cancel(
     name: str = typer.Argument(..., help="study name"),
-    runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
+    runs_root: Path = RUNS_ROOT,
 ) -> None:
     """Stop a study: its launcher cancels the running jobs; without a launcher, the jobs are stopped here."""
     from ablate.ablations.control import load_recorded_spec, request_cancel
@@ -154,7 +155,7 @@ def cancel(
 
 
 @app.command("list")
-def list_command(runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files")) -> None:
+def list_command(runs_root: Path = RUNS_ROOT) -> None:
     """The studies launched from this directory, with their trial counts."""
     from ablate.ablations.control import list_studies, load_recorded_spec, study_status
 
@@ -173,17 +174,16 @@ def report(
     compare: str | None = typer.Option(None, "--compare", help="a second study to put side by side with NAME"),
     tracking_uri: str | None = typer.Option(None, help="MLflow URI; default: the one the study was launched with"),
     out: Path | None = typer.Option(None, help="output folder; default reports/NAME (or reports/compare_A_vs_B)"),
-    runs_root: Path = typer.Option(Path("runs"), help="where launched studies keep their files"),
+    runs_root: Path = RUNS_ROOT,
 ) -> None:
     """Write reports/NAME/report.ipynb (executed) and report.html from the study's MLflow runs."""
+    from ablate.ablations.control import STUDY_RECORD, load_recorded_spec
     from ablate.analysis.comparison_report import build_comparison_report
     from ablate.analysis.report import ReportError, build_report
     from ablate.analysis.runs import StudyNotFoundError
 
-    record = runs_root / name / "study.json"
-    uri = tracking_uri or (
-        json.loads(record.read_text())["storage"]["mlflow"] if record.is_file() else "sqlite:///mlflow.db"
-    )
+    launched = (runs_root / name / STUDY_RECORD).is_file()
+    uri = tracking_uri or (load_recorded_spec(name, runs_root).storage.mlflow if launched else "sqlite:///mlflow.db")
     try:
         if compare:
             notebook = build_comparison_report(

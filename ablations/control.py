@@ -143,7 +143,7 @@ def study_status(spec: StudySpec) -> dict[str, Any]:
         result_path = run_dir / RESULT_RECORD
         if result_path.is_file():
             result = json.loads(result_path.read_text())
-            cpu_seconds += result["wall_seconds"] * (result.get("threads") or 1)
+            cpu_seconds += result["compute_seconds"] * (result.get("threads") or 1)
         elif (pid := live_job(run_dir)) is not None:
             live.append({"run_dir": str(run_dir), "pid": pid})
     return {

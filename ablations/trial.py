@@ -88,6 +88,7 @@ class TrialJob:
             "pruned": result.stopped_early,
             "steps": result.steps,
             "wall_seconds": result.wall_seconds,
+            "compute_seconds": result.compute_seconds,
             "threads": config.train.threads,
         }
         write_json_atomically(run_dir / RESULT_RECORD, outcome)

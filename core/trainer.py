@@ -47,7 +47,8 @@ class TrainResult:
     stopped_early: bool
     run_id: str | None
     resumed_from: int | None
-    wall_seconds: float
+    wall_seconds: float  # this attempt
+    compute_seconds: float = 0.0  # every attempt, up to each one's last checkpoint (what accounting reports)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
 
@@ -143,7 +144,8 @@ class Trainer:
                 self.tracker.finish("FAILED")
             raise
         result.wall_seconds = time.perf_counter() - self.started
-        compute_hours = self._compute_seconds() / 3600
+        result.compute_seconds = self._compute_seconds()
+        compute_hours = result.compute_seconds / 3600
         if self.tracker:
             hours = {"compute/wall_hours": compute_hours, "compute/cpu_hours": compute_hours * self.threads}
             if self.device.type == "cuda":
