@@ -19,12 +19,33 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
+class TextTowerConfig(StrictModel):
+    """Changes to the named model's text tower (None keeps the model's own). Any change rebuilds the tower as
+    an MCt/Base TextEncoder (fresh init); see core/models/text.py for the block layout."""
+
+    layers: int | None = Field(None, ge=1, description="blocks in total (attention + Text-RepMixer)")
+    attention_layers: int | None = Field(None, ge=0, description="how many blocks attend; the rest are RepMixers")
+    kernel_size: int | None = Field(None, ge=1, description="1×k depthwise token-mixing kernel (MCt: 11)")
+    causal: bool | None = Field(None, description="causal attention mask (Base text of MobileCLIP-B)")
+
+
 class ModelConfig(StrictModel):
-    """Which dual encoder to build (a name from `ablate models`) and its CLIP temperature."""
+    """Which dual encoder to build (a name from `ablate models`), its CLIP temperature and architecture axes.
+
+    The defaults build every named model exactly as registered (softmax attention, its own text tower).
+    """
 
     name: str = "tiny"
     init_logit_scale: float = Field(math.log(1 / 0.07), description="ln(1/τ) at init, open_clip's default")
     max_logit_scale: float = Field(100.0, gt=0, description="exp(logit_scale) is clamped to this after each step")
+    attention: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="weights of every attention block: softmax, or σ(QKᵀ/√d + b) (papers.md §4)"
+    )
+    sigmoid_bias: Literal["neg_log_n", "learnable", "zero"] = Field(
+        "neg_log_n", description="sigmoid b: −ln(number of keys); −ln n + a learnt per-layer scalar; 0"
+    )
+    qk_norm: bool = Field(False, description="LayerNorm on each head's queries and keys")
+    text: TextTowerConfig = Field(default_factory=TextTowerConfig)
 
 
 class DataConfig(StrictModel):

@@ -53,4 +53,4 @@ def create_model(name: str, **kwargs: float) -> CLIP:
 
 def _load_builtin_models() -> None:
     """Import the modules whose decorators fill the registry (deferred to keep `import ablate.core` light)."""
-    from ablate.core.models import towers  # noqa: F401
+    from ablate.core.models import mobileclip, towers  # noqa: F401

@@ -11,13 +11,38 @@ import logging
 
 import open_clip
 import timm
+import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transformer import TextTransformer
+from torch import nn
 
 from ablate.core.models.clip import CLIP, InputSpec
 from ablate.core.models.registry import register_model
+from ablate.core.models.text import CLIP_VOCAB_SIZE
 
-CLIP_VOCAB_SIZE = 49408  # open_clip's SimpleTokenizer (CLIP BPE), bundled in the wheel
+
+def vit_tower(*, embed_dim: int, image_size: int, patch_size: int, width: int, depth: int, heads: int) -> nn.Module:
+    """A timm ViT image tower (class-token pooling, linear head as projection)."""
+    return timm.create_model(
+        "vit_tiny_patch16_224",  # block/norm layout only; every size below overrides it
+        pretrained=False,
+        img_size=image_size,
+        patch_size=patch_size,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        num_classes=embed_dim,
+    )
+
+
+def tiny_vit_tower() -> nn.Module:
+    """`tiny`'s image tower: ViT 64 px / 8, 4 × 128, 4 heads, 128-d output."""
+    return vit_tower(embed_dim=128, image_size=64, patch_size=8, width=128, depth=4, heads=4)
+
+
+def tiny_text_tower() -> nn.Module:
+    """`tiny`'s text tower: open_clip's causal TextTransformer, 3 × 128, 4 heads, context 32, 128-d output."""
+    return TextTransformer(context_length=32, vocab_size=CLIP_VOCAB_SIZE, width=128, heads=4, layers=3, output_dim=128)
 
 
 def _vit_text_pair(
@@ -34,16 +59,14 @@ def _vit_text_pair(
     text_heads: int,
     **scale: float,
 ) -> CLIP:
-    """A timm ViT image tower (class-token pooling, linear head as projection) + a causal text transformer."""
-    visual = timm.create_model(
-        "vit_tiny_patch16_224",  # block/norm layout only; every size below overrides it
-        pretrained=False,
-        img_size=image_size,
+    """A timm ViT image tower + a causal open_clip text transformer."""
+    visual = vit_tower(
+        embed_dim=embed_dim,
+        image_size=image_size,
         patch_size=patch_size,
-        embed_dim=vision_width,
+        width=vision_width,
         depth=vision_depth,
-        num_heads=vision_heads,
-        num_classes=embed_dim,
+        heads=vision_heads,
     )
     text = TextTransformer(
         context_length=context_length,
@@ -91,13 +114,18 @@ def small(**scale: float) -> CLIP:
     )
 
 
-def _from_open_clip(name: str, **scale: float) -> CLIP:
-    """Wrap an open_clip architecture (random init) in our CLIP, keeping its towers and preprocessing."""
+def from_open_clip(name: str, **scale: float) -> CLIP:
+    """Wrap an open_clip architecture (random init) in our CLIP, keeping its towers and preprocessing.
+
+    Built on the current default device, so `with torch.device("meta")` sizes a model without allocating it.
+    """
     config = open_clip.get_model_config(name)
     root_logger = logging.getLogger()
     was_disabled, root_logger.disabled = root_logger.disabled, True
     try:  # open_clip warns "No pretrained weights loaded" on the root logger; random init is the intent here
-        reference = open_clip.create_model(name, pretrained=None, force_custom_text=True)
+        reference = open_clip.create_model(
+            name, pretrained=None, force_custom_text=True, device=torch.get_default_device()
+        )
     finally:
         root_logger.disabled = was_disabled
     tag = open_clip.list_pretrained_tags_by_model(name)[0]
@@ -115,7 +143,7 @@ def _register_open_clip_family() -> None:
     for name in open_clip.list_models():
         if name.startswith(("MobileCLIP-", "MobileCLIP2-")):
             register_model(name, f"open_clip architecture {name} (random init)")(
-                lambda _name=name, **scale: _from_open_clip(_name, **scale)
+                lambda _name=name, **scale: from_open_clip(_name, **scale)
             )
 
 

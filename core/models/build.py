@@ -1,0 +1,66 @@
+"""`build_model(config.model)`: the named model with the config's architecture axes applied.
+
+The registry builds a model by name; the axes (attention kind, sigmoid bias, QK-norm, text-tower shape) are
+applied afterwards to whatever towers that name built, so every model, tiny or published, takes every axis.
+Attention is converted with the weights it was built with: a sigmoid model starts from exactly the parameters
+its softmax twin (same seed) starts from, which keeps paired ablations paired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from open_clip.transformer import TextTransformer
+from torch import nn
+
+from ablate.core.config import ModelConfig, TextTowerConfig
+from ablate.core.config_io import ConfigError
+from ablate.core.models.attention import AttentionSpec, swap_attention
+from ablate.core.models.clip import CLIP
+from ablate.core.models.registry import create_model
+from ablate.core.models.text import TextEncoder, TextSpec, spec_of_open_clip
+
+
+def attention_spec(config: ModelConfig) -> AttentionSpec:
+    return AttentionSpec(kind=config.attention, sigmoid_bias=config.sigmoid_bias, qk_norm=config.qk_norm)
+
+
+def build_model(config: ModelConfig) -> CLIP:
+    """What the trainer builds for `config.model`; a bad combination is a ConfigError naming the field."""
+    model = create_model(config.name, init_logit_scale=config.init_logit_scale, max_logit_scale=config.max_logit_scale)
+    spec = attention_spec(config)
+    try:
+        model.text = _text_tower(model.text, config.text, spec)
+        if not spec.is_default:
+            swap_attention(model.visual, spec)
+    except ValueError as err:
+        raise ConfigError(f"model ({config.name}): {err}") from None
+    return model
+
+
+def _text_tower(text: nn.Module, options: TextTowerConfig, attention: AttentionSpec) -> nn.Module:
+    changes = options.model_dump(exclude_none=True)
+    if not changes and attention.is_default:
+        return text  # open_clip's own tower stays untouched for the default model
+    if isinstance(text, TextEncoder):
+        base = text.spec
+    elif isinstance(text, TextTransformer):
+        if not changes:
+            return TextEncoder.from_open_clip(text, attention)
+        base = spec_of_open_clip(text, attention)
+    else:
+        raise ValueError(f"text tower {type(text).__name__} takes no architecture options")
+    if not changes:
+        return text.with_attention(attention)
+    device = next(text.parameters()).device
+    return TextEncoder(_with_changes(base, changes, attention)).to(device)
+
+
+def _with_changes(base: TextSpec, changes: dict, attention: AttentionSpec) -> TextSpec:
+    """Apply model.text.* to a spec; `layers` alone keeps the Base/MCt kind (all attend, or as many as before)."""
+    if "layers" in changes and "attention_layers" not in changes and base.attention_layers is not None:
+        changes = {**changes, "attention_layers": min(base.attention_layers, changes["layers"])}
+    try:
+        return replace(base, **changes, attention=attention)
+    except ValueError as err:
+        raise ValueError(f"model.text {changes}: {err}") from None
