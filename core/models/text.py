@@ -138,23 +138,25 @@ class TextConvFFN(nn.Module):
     def __init__(self, dim: int, hidden: int, kernel_size: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, (1, kernel_size), padding=(0, kernel_size // 2), groups=dim, bias=False)
-        self.bn: nn.Module = nn.BatchNorm2d(dim)
+        self.bn = nn.BatchNorm2d(dim)
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.reparam_conv: nn.Conv2d | None = None
         for conv in (self.conv, self.fc1, self.fc2):
             trunc_normal_(conv.weight, std=0.02)
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.bn(self.conv(x)))))
+        x = self.reparam_conv(x) if self.reparam_conv is not None else self.bn(self.conv(x))
+        return self.fc2(self.act(self.fc1(x)))
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        if isinstance(self.bn, nn.BatchNorm2d):
-            self.conv = fused_conv(self.conv, *fold_batchnorm(self.conv.weight, self.bn))
-            self.bn = nn.Identity()
+        if self.reparam_conv is None:
+            self.reparam_conv = fused_conv(self.conv, *fold_batchnorm(self.conv.weight, self.bn))
+            del self.conv, self.bn
 
 
 class TextRepMixerBlock(nn.Module):
