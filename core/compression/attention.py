@@ -49,7 +49,9 @@ class ModularMultiheadAttention(nn.MultiheadAttention):
         if need_weights:
             scores = q @ k.transpose(-2, -1) * head_dim**-0.5
             if causal:
-                scores = scores.masked_fill(torch.ones(length, source, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+                scores = scores.masked_fill(
+                    torch.ones(length, source, dtype=torch.bool, device=q.device).triu(1), float("-inf")
+                )
             probs = F.dropout((scores if bias is None else scores + bias).softmax(-1), dropout, self.training)
             out = probs @ v
             attention = probs.mean(1) if average_attn_weights else probs

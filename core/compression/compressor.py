@@ -15,7 +15,7 @@ from ablate.core.compression.accounting import (
     prunable_size,
     tower_parameters,
 )
-from ablate.core.compression.config import CompressionConfig, StagePlan
+from ablate.core.compression.config import CompressionConfig
 from ablate.core.compression.hard_concrete import HardConcrete
 from ablate.core.compression.masking import TowerMasking
 from ablate.core.compression.pruning import Keep, TowerPlan, shrink_tower
@@ -185,10 +185,7 @@ class Compressor(nn.Module):
         """`loss_sparsity` (add α·it to the loss) and, detached for logging, p, q, λ1, λ2."""
         p = self.expected_sparsity()
         q = self.target_sparsity(step)
-        if self.config.penalty == "one_sided":
-            gap = (q - p).clamp(min=0)
-        else:
-            gap = p - q
+        gap = (q - p).clamp(min=0) if self.config.penalty == "one_sided" else p - q
         loss = self.lambda1 * gap + self.lambda2 * gap.square()
         return {
             "loss_sparsity": loss,
@@ -259,4 +256,6 @@ class Compressor(nn.Module):
         mine = self.get_extra_state()
         for key in ("stage", "sites", "reference"):
             if state[key] != mine[key]:
-                raise ValueError(f"compressor checkpoint does not match this compressor: {key} {state[key]} != {mine[key]}")
+                raise ValueError(
+                    f"compressor checkpoint does not match this compressor: {key} {state[key]} != {mine[key]}"
+                )

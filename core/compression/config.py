@@ -100,15 +100,24 @@ class CompressionConfig(StrictModel):
 
     def masks(self) -> dict[str, tuple[MaskKind, ...]]:
         """Mask kinds per masked tower."""
-        return {tower: tuple(kinds) for tower, kinds in (("image", self.image_masks), ("text", self.text_masks)) if kinds}
+        return {
+            tower: tuple(kinds) for tower, kinds in (("image", self.image_masks), ("text", self.text_masks)) if kinds
+        }
 
     def plan(self) -> list[StagePlan]:
         """Absolute step boundaries and q ramp of every stage."""
         plans, start, q_start = [], 0, self.start_sparsity
         for index, stage in enumerate(self.stages):
             plans.append(
-                StagePlan(index, start, start + stage.mask_steps, start + stage.steps, q_start, stage.target_sparsity,
-                          stage.q_warmup_steps)
+                StagePlan(
+                    index,
+                    start,
+                    start + stage.mask_steps,
+                    start + stage.steps,
+                    q_start,
+                    stage.target_sparsity,
+                    stage.q_warmup_steps,
+                )
             )
             start, q_start = start + stage.steps, stage.target_sparsity
         return plans

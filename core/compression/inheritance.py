@@ -82,7 +82,9 @@ def inherit_manual(student: nn.Module, teacher: nn.Module) -> dict[str, str]:
 
 def _front_slice(key: str, source: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if source.dim() != len(shape) or any(t < s for t, s in zip(source.shape, shape, strict=True)):
-        raise InheritanceError(f"'{key}': student shape {tuple(shape)} does not fit in teacher shape {tuple(source.shape)}")
+        raise InheritanceError(
+            f"'{key}': student shape {tuple(shape)} does not fit in teacher shape {tuple(source.shape)}"
+        )
     return source[tuple(slice(0, s) for s in shape)].clone()
 
 

@@ -76,7 +76,9 @@ class TowerMasking:
         self.handles.clear()
 
     def _draw(self, tower: nn.Module, args: tuple) -> None:
-        self.current = {key: gate.sample() if tower.training else gate.deterministic() for key, gate in self.gates.items()}
+        self.current = {
+            key: gate.sample() if tower.training else gate.deterministic() for key, gate in self.gates.items()
+        }
         hidden = self.current.get(("hidden", ""))
         self.hidden_kept = None if hidden is None else hidden.nonzero().squeeze(1)
 

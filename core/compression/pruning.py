@@ -129,7 +129,9 @@ def _row_keep(keep: Keep | None, size: int) -> tuple[Keep, bool]:
 def _shrink_attention(layer: AttentionLayer, heads: Keep | None, hidden: Keep | None) -> None:
     num_heads, head_dim, module = layer.num_heads, layer.head_dim, layer.module
     heads, _ = _row_keep(heads, num_heads)
-    owner, weight_name, bias_name = (module, "in_proj_weight", "in_proj_bias") if layer.is_mha else (module.qkv, "weight", "bias")
+    owner, weight_name, bias_name = (
+        (module, "in_proj_weight", "in_proj_bias") if layer.is_mha else (module.qkv, "weight", "bias")
+    )
     weight = getattr(owner, weight_name)
     weight = weight.view(3, num_heads, head_dim, weight.shape[1])
     weight = _take(_take(weight, 1, heads, fold=False), 3, hidden, fold=False)

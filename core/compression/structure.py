@@ -120,7 +120,9 @@ class TowerStructure:
         """Raise a StructureError naming the tower and mask kind if the tower has nothing to mask for it."""
         what = type(self.module).__name__
         if kind in self.problems:
-            raise StructureError(f"{self.name}_masks: '{kind}' on the {self.name} tower ({what}): {self.problems[kind]}")
+            raise StructureError(
+                f"{self.name}_masks: '{kind}' on the {self.name} tower ({what}): {self.problems[kind]}"
+            )
         if kind == "heads" and not self.attention:
             raise StructureError(
                 f"{self.name}_masks: 'heads' requested but the {self.name} tower ({what}) has no attention layer "
@@ -241,7 +243,9 @@ def _vit_stream(tower: nn.Module, inside_sites: set[int]) -> HiddenStream | None
     embeddings = [TensorRef(patch_embed.proj, "weight", 0)]
     embeddings += [TensorRef(patch_embed.proj, "bias", 0)] if patch_embed.proj.bias is not None else []
     embeddings += [
-        TensorRef(tower, name, -1) for name in ("cls_token", "reg_token", "pos_embed") if getattr(tower, name, None) is not None
+        TensorRef(tower, name, -1)
+        for name in ("cls_token", "reg_token", "pos_embed")
+        if getattr(tower, name, None) is not None
     ]
     sliced = _layer_scales(iter(blocks), width, inside_sites)
     head = getattr(tower, "head", None)
