@@ -3,7 +3,7 @@
 Towers are found by type under the model: timm `VisionTransformer` (ToMe in every block), timm `FastVit` /
 MobileCLIP MCi (merge → attention → unmerge in the attention stage), open_clip `TextTransformer` (ToMe with EOT
 and padding respected). A CLIP-like model with `.visual` and `.text` gets `config.image` on the first and
-`config.text` on the second; any other module is treated as an image tower.
+`config.text` on the second; a bare TextTransformer gets `config.text`; any other module is an image tower.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ def apply_token_merging(model: nn.Module, config: TokenMergingConfig | MergeSche
                 _patch_image_tower(visual, config.image, handle)
             if config.text.enabled and text is not None:
                 _patch_text_tower(text, config.text, handle)
+        elif isinstance(model, TextTransformer):
+            if config.text.enabled:
+                _patch_text_tower(model, config.text, handle)
         elif config.image.enabled:
             _patch_image_tower(model, config.image, handle)
     except Exception:
