@@ -174,6 +174,11 @@ def test_expected_sparsity_matches_hand_count_and_pruned_weights() -> None:
 def test_expected_sparsity_without_hidden_mask_on_the_hybrid() -> None:
     """No hidden mask: R = ΣP_head·head charge + ΣP_int·unit charge; fastvit's qkv has no bias."""
     compressor = Compressor(hybrid_pair(), one_stage(image_masks=["heads", "intermediate"], text_masks=[]))
+    assert compressor.structures["image"].summary() == {  # squeeze-excitation fc1/fc2 is not an FFN
+        "attention": {"stages.3.blocks.0.token_mixer": 4},
+        "mlp": {f"stages.{i}.blocks.0.mlp": 3 * d for i, d in enumerate((16, 32, 64, 128))},
+        "hidden": None,
+    }
     attention = 128 * 384 + 128 * 128 + 128  # qkv (no bias) + proj
     ffn = [6 * d * d + 4 * d for d in (16, 32, 64, 128)]  # 1x1 convs d→3d→d with biases
     assert compressor.reference["image"].prunable == attention // 4 * 4 + sum(ffn)
@@ -215,14 +220,14 @@ def test_one_sided_lagrangian_multipliers_grow_while_under_target() -> None:
     assert all(b > a for a, b in itertools.pairwise(lambda1))
     assert all(b > a for a, b in itertools.pairwise(lambda2))
     # the masks move the other way: log α falls (from the clamp ceiling ln 100), raising p
-    assert all(float(g.log_alpha.max()) < math.log(100) for g in compressor.gates)
+    assert all(g.log_alpha.max().item() < math.log(100) for g in compressor.gates)
 
 
 def test_signed_lagrangian_multiplier_turns_negative_to_push_sparsity_up() -> None:
     compressor, _ = ascent_steps("signed")
     assert compressor.lambda1.item() < 0.01  # d/dλ1 = p − q < 0: ascent lowers λ1, so −λ1 rewards sparsity
     assert compressor.lambda2.item() > 0.01
-    assert all(float(g.log_alpha.max()) < math.log(100) for g in compressor.gates)
+    assert all(g.log_alpha.max().item() < math.log(100) for g in compressor.gates)
 
 
 def test_one_sided_penalty_is_zero_above_target_and_signed_is_not() -> None:
@@ -232,7 +237,7 @@ def test_one_sided_penalty_is_zero_above_target_and_signed_is_not() -> None:
         set_log_alpha(compressor, "image", "intermediate", keep=0)
         terms = compressor.sparsity_terms(0)
         assert float(terms["p"]) > 0.1
-        assert (float(terms["loss_sparsity"]) == 0.0) is zero
+        assert (terms["loss_sparsity"].item() == 0.0) is zero
         compressor.detach()
 
 

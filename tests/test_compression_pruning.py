@@ -3,6 +3,9 @@ function, on a ViT + text transformer pair and on a MobileCLIP-style hybrid; a p
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from test_compression import hybrid_pair, one_stage
 from torch import nn
@@ -84,6 +87,8 @@ def test_vit_text_pair_pruned_matches_masked_over_two_stages() -> None:
     assert 0 < result.counts["realised_sparsity"] < 1
 
     second = Compressor(dense, config, stage=1, reference=first.reference)  # masks on the pruned model
+    # p is measured against the original model: with all gates on it starts near the realised stage-1 sparsity
+    assert second.expected_sparsity().item() == pytest.approx(result.counts["realised_sparsity"], abs=0.01)
     randomise_gates(second, seed=1)
     denser, second_result = second.prune()
     assert_same_function(dense, denser, images, tokens)
@@ -160,3 +165,24 @@ def test_detach_restores_the_unmasked_function() -> None:
     for a, b in zip(before, tower_outputs(model, images, tokens), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert isinstance(model.text.transformer.resblocks[0].attn, nn.MultiheadAttention)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_modular_multihead_attention_matches_torch(batch_first: bool) -> None:
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+    modular = copy.deepcopy(reference)
+    modular.__class__ = ModularMultiheadAttention
+    x = torch.randn(2, 5, 32) if batch_first else torch.randn(5, 2, 32)
+    causal = torch.full((5, 5), float("-inf")).triu(1)
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    for kwargs in (
+        {"attn_mask": causal, "need_weights": False},
+        {"key_padding_mask": padding, "need_weights": True},
+        {"attn_mask": causal.isinf(), "key_padding_mask": padding, "need_weights": True, "average_attn_weights": False},
+    ):
+        expected, expected_weights = reference(x, x, x, **kwargs)
+        out, weights = modular(x, x, x, **kwargs)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+        if kwargs["need_weights"]:
+            torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=0)

@@ -77,10 +77,6 @@ class HardConcrete(nn.Module):
     def deterministic(self) -> torch.Tensor:
         return deterministic(self.log_alpha.detach())
 
-    def forward(self) -> torch.Tensor:
-        """A training sample in train mode, the deterministic mask in eval mode (as `L0Module.forward`)."""
-        return self.sample() if self.training else self.deterministic()
-
     @torch.no_grad()
     def clamp_(self) -> None:
         self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)

@@ -92,7 +92,7 @@ class MlpLayer:
 class HiddenStream:
     """The residual stream of a transformer tower, width `width`.
 
-    `entry` is the module whose input is the stream at its start (a forward pre-hook scales it by the hidden
+    `entry` is the module whose (first) input is the stream at its start (a forward pre-hook scales it by the hidden
     mask); `entry_writers` are the tensors that produce that input (the mask is folded into them at pruning);
     `norms` are the LayerNorms over the stream (computed over kept dims only while masked); `sliced` are tensors
     indexed by the stream that are only sliced (embeddings behind a pre-norm, LayerScale gains, output
@@ -259,7 +259,8 @@ def _vit_stream(tower: nn.Module, inside_sites: set[int]) -> HiddenStream | None
         entry_writers = embeddings
     attrs = [(tower, a) for a in ("embed_dim", "num_features", "head_hidden_size") if getattr(tower, a, None) == width]
     norms = _stream_norms(tower, width, inside_sites)
-    return HiddenStream(width, blocks, entry_writers, norms, sliced, attrs)
+    # the first block, not `blocks`: with gradient checkpointing timm runs the blocks without calling the Sequential
+    return HiddenStream(width, blocks[0], entry_writers, norms, sliced, attrs)
 
 
 def _text_stream(tower: nn.Module, inside_sites: set[int]) -> HiddenStream | None:
