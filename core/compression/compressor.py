@@ -115,8 +115,6 @@ class Compressor(nn.Module):
         lambda_init = config.resolved("lambda_init")
         self.lambda1 = nn.Parameter(torch.tensor(lambda_init))
         self.lambda2 = nn.Parameter(torch.tensor(lambda_init))
-        for multiplier in (self.lambda1, self.lambda2):
-            multiplier.register_hook(torch.neg)  # gradient ascent with a positive LR: min over masks, max over λ
         self._gate_of = dict(zip(self.sites, self.gates, strict=True))
         self.masking = {
             name: TowerMasking(structure, {(k, p): g for (t, k, p), g in self._gate_of.items() if t == name})
@@ -125,6 +123,8 @@ class Compressor(nn.Module):
         parameter = next(model.parameters(), None)
         if parameter is not None:
             self.to(parameter.device)
+        for multiplier in (self.lambda1, self.lambda2):  # after .to(), which may replace tensors
+            multiplier.register_hook(torch.neg)  # gradient ascent with a positive LR: min over masks, max over λ
         self.attach()
 
     @property
