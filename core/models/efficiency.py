@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ablate.core.models.clip import CLIP, count_parameters
 from ablate.core.models.reparam import reparameterize
@@ -83,8 +83,31 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int) -> floa
     return statistics.median(times)
 
 
+def _native_mha_flops(query_shape, key_shape, value_shape, embed_dim, *args, out_shape=None, **kwargs) -> int:
+    """torch's fused nn.MultiheadAttention (eval fast path, e.g. open_clip's text): in-projection of q, k, v,
+    QKᵀ and AV over all heads, output projection; 2 FLOPs per multiply-add."""
+    batch, queries, _ = query_shape
+    keys = key_shape[1]
+    projections = batch * queries * embed_dim * embed_dim + 2 * batch * keys * embed_dim * embed_dim
+    attention = 2 * batch * queries * keys * embed_dim
+    output = batch * queries * embed_dim * embed_dim
+    return 2 * (projections + attention + output)
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# CPU kernels torch's counter has no formula for; without these, attention matmuls would count as 0 MACs
+_EXTRA_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+    torch.ops.aten._native_multi_head_attention: _native_mha_flops,
+}
+
+
 def macs(run: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
+    """Multiply-accumulates of one call (convolutions, matmuls, attention)."""
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
         run()
     return counter.get_total_flops() // 2
 
