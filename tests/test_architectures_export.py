@@ -19,7 +19,13 @@ from ablate.core.config import ModelConfig, TrainConfig
 from ablate.core.models import create_model
 from ablate.core.models.attention import Attention
 from ablate.core.models.build import build_model
-from ablate.core.models.efficiency import EfficiencySettings, efficiency_metrics, example_inputs, macs
+from ablate.core.models.efficiency import (
+    EfficiencySettings,
+    efficiency_metric_names,
+    efficiency_metrics,
+    example_inputs,
+    macs,
+)
 from ablate.core.models.export import PROGRAM_NAME, load_exported, max_output_difference
 from ablate.core.trainer import Trainer
 
@@ -49,7 +55,8 @@ def test_efficiency_metrics_are_flat_consistent_and_cheap() -> None:
     start = time.perf_counter()
     metrics = efficiency_metrics(model, EfficiencySettings(latency_repeats=5, throughput_repeats=2))
     elapsed = time.perf_counter() - start
-    assert all(key.startswith("efficiency/") and math.isfinite(v) for key, v in metrics.items())
+    assert sorted(metrics) == sorted(efficiency_metric_names())
+    assert all(math.isfinite(value) for value in metrics.values())
     assert metrics["efficiency/params_total"] == sum(p.numel() for p in model.parameters())
     assert metrics["efficiency/params_token_embedding"] == 49408 * 128
     assert metrics["efficiency/params_total_no_token_embedding"] == metrics["efficiency/params_total"] - 49408 * 128

@@ -154,6 +154,17 @@ def fixed_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def efficiency_metric_names(settings: EfficiencySettings | None = None) -> list[str]:
+    """Every name `efficiency_metrics` returns, for validating study objectives before any run exists."""
+    batch = (settings or EfficiencySettings()).throughput_batch
+    counts = [f"params_{name}" for name in ("image", "text", "total", "token_embedding")]
+    counts += ["params_text_no_token_embedding", "params_total_no_token_embedding", "params_total_reparameterized"]
+    timings = ["latency_image_ms", "latency_text_ms", f"throughput_pairs_per_s_b{batch}"]
+    timings.append(f"peak_activation_mb_b{batch}")
+    names = [*counts, "weights_mb", "macs_image", "macs_text", "macs_total", *timings, "threads"]
+    return [f"{PREFIX}{name}" for name in names]
+
+
 def efficiency_metrics(model: CLIP, settings: EfficiencySettings | None = None) -> dict[str, float]:
     """Flat `efficiency/...` metrics of `model` (left untouched: a reparameterised CPU copy is measured)."""
     settings = settings or EfficiencySettings()
