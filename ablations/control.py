@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.ablations.spec import StudySpec
-from ablate.ablations.trial import JOB_RECORD, RESULT_RECORD
+from ablate.ablations.trial import JOB_RECORD, RESULT_RECORD, read_slurm_usage
 from ablate.core.config_io import ConfigError
 
 STUDY_RECORD = "study.json"
@@ -115,7 +115,7 @@ def request_cancel(spec: StudySpec) -> str:
         (folder / CANCEL_MARKER).write_text(str(time.time()))
         return "asked the running launcher to cancel the study"
     stopped = sum(stop_job_process(run_dir) for run_dir in replicate_dirs(spec))
-    study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+    study = optuna.load_study(study_name=spec.name, storage=spec.open_optuna_storage())
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:
         study.tell(trial.number, state=TrialState.FAIL)
@@ -124,7 +124,7 @@ def request_cancel(spec: StudySpec) -> str:
 
 def study_status(spec: StudySpec) -> dict[str, Any]:
     """Trials by state, best per objective, live jobs and compute spent, from the storage and run folders."""
-    study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+    study = optuna.load_study(study_name=spec.name, storage=spec.open_optuna_storage())
     trials = study.get_trials(deepcopy=False)
     states = Counter(trial.state.name.lower() for trial in trials)
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
@@ -138,13 +138,19 @@ def study_status(spec: StudySpec) -> dict[str, Any]:
                 "value": winner.values[index],
                 "params": winner.params,
             }
-    cpu_seconds, live = 0.0, []
+    cpu_seconds, gpu_seconds, sources, live = 0.0, 0.0, Counter(), []
     for run_dir in replicate_dirs(spec):
         result_path = run_dir / RESULT_RECORD
-        if result_path.is_file():
+        slurm_jobs = read_slurm_usage(run_dir)
+        if slurm_jobs:  # SLURM's accounting: every job that ran it, failed and requeued runs included
+            cpu_seconds += sum(job["cpu_seconds"] for job in slurm_jobs.values())
+            gpu_seconds += sum(job["gpu_seconds"] for job in slurm_jobs.values())
+            sources["slurm"] += 1
+        elif result_path.is_file():  # the trainer's own: wall time up to each attempt's last checkpoint
             result = json.loads(result_path.read_text())
             cpu_seconds += result["compute_seconds"] * (result.get("threads") or 1)
-        elif (pid := live_job(run_dir)) is not None:
+            sources["trainer"] += 1
+        if not result_path.is_file() and (pid := live_job(run_dir)) is not None:
             live.append({"run_dir": str(run_dir), "pid": pid})
     return {
         "study": spec.name,
@@ -153,5 +159,7 @@ def study_status(spec: StudySpec) -> dict[str, Any]:
         "best": best,
         "running_jobs": live,
         "cpu_hours": cpu_seconds / 3600,
+        "gpu_hours": gpu_seconds / 3600,
+        "compute_accounted_by": dict(sources),  # replicates counted from SLURM accounting vs. the trainer
         "launcher_alive": launcher_alive(spec.run_folder),
     }

@@ -87,7 +87,7 @@ def open_study(spec: StudySpec) -> optuna.Study:
     """Create the study on first launch, load it on later launches and inside trial jobs."""
     optuna.logging.set_verbosity(logging.WARNING)
     return optuna.create_study(
-        storage=spec.optuna_storage,
+        storage=spec.open_optuna_storage(),
         study_name=spec.name,
         directions=[objective.direction for objective in spec.objectives],
         sampler=make_sampler(spec),

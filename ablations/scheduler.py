@@ -5,6 +5,10 @@ first, then trials; each trial runs one replicate per seed and is told to Optuna
 aggregated over the replicates, once they are all done. A failed job is rerun up to `executor.retries` times,
 resuming its checkpoint; a trial whose replicate still fails is recorded as failed and the study goes on.
 
+On SLURM, replicates that start together go out as one job array, each poll reads every job's state with
+one `sacct` call, a job that ended without a result (cancelled, killed, node failure, time limit) is settled
+in that same poll, and what each job used (CPU/GPU-hours from accounting) is logged to its MLflow run.
+
 Relaunching continues the study exactly: finished replicates are read from their run folders and never rerun,
 trials left running by a dead launcher are adopted and resumed, and the budget counts every configuration.
 """
@@ -26,11 +30,11 @@ from ablate.ablations.optuna_study import distributions, enqueue_grid, fixed_par
 from ablate.ablations.parent_run import close_parent_run, open_parent_run
 from ablate.ablations.plan import check_runtime
 from ablate.ablations.spec import StudySpec, load_study
-from ablate.ablations.trial import TrialJob, read_result
+from ablate.ablations.trial import TrialJob, log_slurm_usage, read_result, record_slurm_usage
 from ablate.ablations.work import Group, Replicate, build_group, replicate_tree
 from ablate.core.config_io import ConfigError, validate_train_config
 from ablate.core.data.bundled import resolve_data_root
-from ablate.slurm.executors import make_executor, threads_per_trial
+from ablate.slurm.executors import JobEnd, make_executor, threads_per_trial
 
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -84,8 +88,14 @@ class StudyScheduler:
         self.spec, self.base, self.console = spec, base, console
         self.study = open_study(spec)
         self.result = LaunchResult(spec, parent_run_id)
-        self.executor = make_executor(spec.executor.kind, spec.run_folder / "jobs", spec.executor.timeout_min)
-        self.threads = threads_per_trial(spec.executor.threads_per_trial, spec.budget.parallel)
+        executor = spec.executor
+        self.executor = make_executor(
+            executor.kind, spec.run_folder / "jobs", executor.timeout_min, executor.slurm.model_dump(mode="json")
+        )
+        # On SLURM a job's threads follow its allocation (core/runtime.py reads SLURM_CPUS_PER_TASK).
+        self.threads = (
+            None if executor.kind == "slurm" else threads_per_trial(executor.threads_per_trial, spec.budget.parallel)
+        )
         self.groups: list[Group] = []
         self.pending: deque[Replicate] = deque()
         self.running: dict[int, tuple[Replicate, Any]] = {}
@@ -122,13 +132,20 @@ class StudyScheduler:
         return self.result
 
     def _fill_slots(self) -> None:
-        while len(self.running) < self.spec.budget.parallel:
+        """Every free slot gets a replicate; those found in one pass are submitted together (one SLURM array)."""
+        batch: list[tuple[Replicate, TrialJob]] = []
+        while len(self.running) + len(batch) < self.spec.budget.parallel:
             if self.pending:
-                self._submit(self.pending.popleft())
+                replicate = self.pending.popleft()
+                job = self._trial_job(replicate)
+                if job is not None:
+                    batch.append((replicate, job))
             elif self._may_start_trial():
                 self._start_trial(self.study.ask(distributions(self.spec)))
             else:
-                return
+                break
+        if batch:
+            self._submit(batch)
 
     def _may_start_trial(self) -> bool:
         ended = len(self.study.get_trials(deepcopy=False, states=ENDED))
@@ -171,7 +188,8 @@ class StudyScheduler:
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in group.params.items())
             self.console.print(f"{group.label} queued: {shown or 'base configuration'}", highlight=False)
 
-    def _submit(self, replicate: Replicate) -> None:
+    def _trial_job(self, replicate: Replicate) -> TrialJob | None:
+        """The job callable of a replicate; None (and the replicate failed) if its configuration is invalid."""
         group = replicate.group
         try:
             tree = replicate_tree(self.spec, self.base, replicate, self.result.parent_run_id, self.threads)
@@ -179,39 +197,58 @@ class StudyScheduler:
         except ConfigError as err:
             replicate.error = str(err)
             self._settle(group)
-            return
+            return None
         trial_id = group.trial._trial_id if group.trial is not None else None  # the storage key jobs reopen
         reports = group.trial is not None and replicate is group.replicates[0]
-        job = self.executor.submit(
-            TrialJob(
-                self.spec.model_dump(mode="json"),
-                trial_id,
-                config.model_dump(mode="json", by_alias=True),
-                reports,
-                time.time(),
-            )
+        return TrialJob(
+            self.spec.model_dump(mode="json"),
+            trial_id,
+            config.model_dump(mode="json", by_alias=True),
+            reports,
+            time.time(),
         )
-        replicate.attempts += 1
-        self.running[id(replicate)] = (replicate, job)
-        attempt = f" (attempt {replicate.attempts})" if replicate.attempts > 1 else ""
-        self.console.print(f"{replicate.label} started as job {job.job_id}{attempt}", highlight=False)
+
+    def _submit(self, batch: list[tuple[Replicate, TrialJob]]) -> None:
+        try:
+            jobs = self.executor.submit([job for _, job in batch])
+        except Exception as err:  # sbatch refused (unknown partition, account, QoS...): a setup problem
+            raise ConfigError(
+                f"{self.spec.name}: the {self.spec.executor.kind} executor refused the jobs: {err}"
+            ) from err
+        for (replicate, _), job in zip(batch, jobs, strict=True):
+            replicate.attempts += 1
+            self.running[id(replicate)] = (replicate, job)
+            attempt = f" (attempt {replicate.attempts})" if replicate.attempts > 1 else ""
+            self.console.print(f"{replicate.label} started as job {job.job_id}{attempt}", highlight=False)
 
     # -- collecting results -----------------------------------------------------------------------------
     def _collect(self) -> None:
+        if not self.running:
+            return
+        ended = self.executor.poll([job for _, job in self.running.values()])
         for key, (replicate, job) in list(self.running.items()):
-            if key not in self.running or not job.done():  # settling a sibling may have cancelled it already
+            end = ended.get(job.job_id)
+            if end is None or key not in self.running:  # settling a sibling may have cancelled it already
                 continue
             del self.running[key]
-            try:
-                replicate.result = job.result()
-            except Exception as err:  # crash, NaN, killed process: retry from the checkpoint or record it
-                reason = _last_lines(str(err))
-                if replicate.attempts <= self.spec.executor.retries:
+            self._account(replicate, job.job_id, end)
+            if end.error is None:
+                replicate.result = end.result
+            else:  # crash, NaN, killed process: retry from the checkpoint or record it
+                reason = _last_lines(end.error)
+                if end.retriable and replicate.attempts <= self.spec.executor.retries:
                     self.console.print(f"[yellow]{replicate.label} failed, retrying[/]: {reason.splitlines()[-1]}")
                     self.pending.appendleft(replicate)
                     continue
                 replicate.error = reason
             self._settle(replicate.group)
+
+    def _account(self, replicate: Replicate, job_id: str, end: JobEnd) -> None:
+        """SLURM's record of what the job used, kept in the run folder and logged to the replicate's run."""
+        if end.usage is None:
+            return
+        total = record_slurm_usage(replicate.run_dir, job_id, end.usage)
+        log_slurm_usage(replicate.run_dir, self.spec.storage.mlflow, total)
 
     def _settle(self, group: Group) -> None:
         """Once a group is decided (all done, pruned or failed), stop what is left of it and record it."""
@@ -229,10 +266,9 @@ class StudyScheduler:
                 self._stop(replicate, job)
                 del self.running[key]
 
-    @staticmethod
-    def _stop(replicate: Replicate, job: Any) -> None:
+    def _stop(self, replicate: Replicate, job: Any) -> None:
         """Cancel through submitit, then make sure the training process is gone (it may ignore the signal)."""
-        job.cancel(check=False)
+        self.executor.cancel(job)
         stop_job_process(replicate.run_dir, timeout_seconds=10)
 
     def _finish_group(self, group: Group) -> None:

@@ -8,10 +8,11 @@ in trial 40.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate.core.config_io import (
     ConfigError,
@@ -20,6 +21,7 @@ from ablate.core.config_io import (
     read_yaml,
     validate_train_config,
 )
+from ablate.core.presets import PRESETS, preset_overrides
 
 
 class _Strict(BaseModel):
@@ -94,12 +96,113 @@ class BudgetSpec(_Strict):
     wall_clock_min: float | None = Field(None, gt=0, description="no new trial starts after this many minutes")
 
 
+# sbatch values from a study file end up on `#SBATCH --key=value` lines. Plain tokens only: no spaces, quotes,
+# `;`, `|`, `$` or backticks, so a study file can never smuggle in a shell command or a second option.
+PLAIN_TOKEN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,:=+/@%-]*$")
+# Feature expressions may also combine features with & and | and brackets (sbatch --constraint).
+CONSTRAINT = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9_.,:&|*\[\]-]*$")
+
+
+def _plain_token(value: str) -> str:
+    if not PLAIN_TOKEN.match(value):
+        raise ValueError("must be one plain token: letters, digits and _ . , : = + / @ % - (no spaces or shell syntax)")
+    return value
+
+
+def _constraint(value: str) -> str:
+    if not CONSTRAINT.match(value):
+        raise ValueError("must be a feature expression: feature names joined by & or |, no spaces or shell syntax")
+    return value
+
+
+SbatchToken = Annotated[str, AfterValidator(_plain_token)]
+Constraint = Annotated[str, AfterValidator(_constraint)]
+
+# sbatch options a study may add. Options that change what runs or where its output goes (--wrap, --output,
+# --export, --chdir, --array, --signal, ...) belong to the executor and are not accepted.
+EXTRA_SBATCH_OPTIONS = frozenset(
+    {
+        "begin",
+        "comment",
+        "cpus-per-gpu",
+        "deadline",
+        "dependency",
+        "distribution",
+        "exclude",
+        "exclusive",
+        "gpu-bind",
+        "gpus-per-task",
+        "gres",
+        "hint",
+        "hold",
+        "licenses",
+        "mail-type",
+        "mail-user",
+        "mem-per-cpu",
+        "mem-per-gpu",
+        "nice",
+        "nodelist",
+        "no-requeue",
+        "priority",
+        "requeue",
+        "reservation",
+        "switches",
+        "tmp",
+        "wckey",
+    }
+)
+
+
+class SlurmSpec(_Strict):
+    """Resources of each trial job on a SLURM cluster (submitit's SlurmExecutor)."""
+
+    partition: SbatchToken | None = None
+    account: SbatchToken | None = None
+    qos: SbatchToken | None = None
+    constraint: Constraint | None = None
+    cpus_per_task: int = Field(1, ge=1, description="also the trial's torch threads (SLURM_CPUS_PER_TASK)")
+    gpus_per_node: int = Field(0, ge=0)
+    mem_gb: float | None = Field(None, gt=0)
+    array_parallelism: int = Field(256, ge=1, description="jobs of one submitted array running at once")
+    max_requeues: int = Field(3, ge=0, description="requeues after reaching the time limit; preemptions always")
+    signal_delay_s: int = Field(90, ge=1, description="USR2 this long before the time limit: checkpoint, requeue")
+    additional_parameters: dict[str, Any] = Field(
+        default_factory=dict, description="further sbatch options, e.g. {mail-type: END}; true for bare flags"
+    )
+
+    @field_validator("additional_parameters")
+    @classmethod
+    def _plain_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        for key, value in options.items():
+            if key not in EXTRA_SBATCH_OPTIONS:
+                allowed = ", ".join(sorted(EXTRA_SBATCH_OPTIONS))
+                raise ValueError(f"sbatch option {key!r} is not accepted here (allowed: {allowed})")
+            if value is True or (isinstance(value, int) and not isinstance(value, bool)):
+                continue
+            if not isinstance(value, str):
+                raise ValueError(f"sbatch option {key!r}: {value!r} is not a value (a token, a number, or true)")
+            try:
+                _plain_token(value)
+            except ValueError as err:
+                raise ValueError(f"sbatch option {key!r}: {value!r} {err}") from None
+        return options
+
+
 class ExecutorSpec(_Strict):
-    kind: Literal["local", "debug"] = "local"
-    threads_per_trial: int | None = Field(None, ge=1, description="default: the machine's cores / parallel")
-    timeout_min: int = Field(120, ge=1)
-    poll_seconds: float = Field(2.0, gt=0)
+    kind: Literal["local", "debug", "slurm"] = "local"
+    threads_per_trial: int | None = Field(
+        None, ge=1, description="local: default the machine's cores / parallel; slurm: use slurm.cpus_per_task"
+    )
+    timeout_min: int = Field(120, ge=1, description="time limit of each job (sbatch --time on SLURM)")
+    poll_seconds: float = Field(2.0, gt=0, description="how often job states are read (one query for all jobs)")
     retries: int = Field(1, ge=0, description="reruns of a failed job, each resuming from its last checkpoint")
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+
+    @model_validator(mode="after")
+    def _threads_from_allocation(self) -> ExecutorSpec:
+        if self.kind == "slurm" and self.threads_per_trial is not None:
+            raise ValueError("with kind 'slurm' a trial's threads are its slurm.cpus_per_task; drop threads_per_trial")
+        return self
 
 
 class ReplicateSpec(_Strict):
@@ -117,15 +220,53 @@ class ReplicateSpec(_Strict):
 
 
 class BaselineSpec(_Strict):
-    """A named fixed configuration (overrides of the base), run before any trial with the same seeds."""
+    """A named fixed configuration (overrides of the base), run before any trial with the same seeds.
 
+    `preset` (e.g. `mobileclip`, core/presets.py) contributes its overrides first; explicit ones win.
+    """
+
+    preset: str | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
 
+    @model_validator(mode="after")
+    def _merge_preset(self) -> BaselineSpec:
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+            self.overrides = preset_overrides(self.preset) | self.overrides
+            self.description = self.description or PRESETS[self.preset][0]
+        return self
+
+
+OPTUNA_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+", "journal:")
+
 
 class StorageSpec(_Strict):
-    optuna: str | None = Field(None, description="Optuna storage URL; default sqlite in the study's run folder")
+    """Where the Optuna study and the MLflow runs live.
+
+    `optuna`: a database URL (sqlite, PostgreSQL, MySQL) or `journal:PATH`, Optuna's append-only journal file,
+    which many jobs on a shared file system can write at once (sqlite over NFS cannot). Default: sqlite in the
+    study's run folder, or a journal there for SLURM studies. `mlflow`: a sqlite URL or an `ablate mlflow serve`
+    address (http://host:port), which is how jobs on other nodes log.
+    """
+
+    optuna: str | None = Field(None, description="Optuna storage URL or journal:PATH")
     mlflow: str = "sqlite:///mlflow.db"
+
+    @field_validator("optuna")
+    @classmethod
+    def _known_optuna_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(OPTUNA_SCHEMES):
+            raise ValueError(f"expected one of {', '.join(OPTUNA_SCHEMES)}... (a database URL or journal:PATH)")
+        return url
+
+    @field_validator("mlflow")
+    @classmethod
+    def _known_mlflow_scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql")):
+            raise ValueError("expected sqlite:///PATH, a tracking server http(s)://HOST:PORT or a database URL")
+        return url
 
 
 class StudySpec(_Strict):
@@ -166,7 +307,25 @@ class StudySpec(_Strict):
 
     @property
     def optuna_storage(self) -> str:
-        return self.storage.optuna or f"sqlite:///{(self.run_folder / 'optuna.db').resolve()}"
+        """The storage URL; `journal:/abs/path` for journal files (Optuna has no URL form for them)."""
+        if self.storage.optuna is None:
+            if self.executor.kind == "slurm":
+                return f"journal:{(self.run_folder / 'optuna.journal').resolve()}"
+            return f"sqlite:///{(self.run_folder / 'optuna.db').resolve()}"
+        if self.storage.optuna.startswith("journal:"):
+            return f"journal:{Path(self.storage.optuna.removeprefix('journal:')).resolve()}"
+        return self.storage.optuna
+
+    def open_optuna_storage(self) -> Any:
+        """What `optuna.create_study/load_study(storage=...)` takes: the URL, or a journal storage object."""
+        import optuna  # here, so that validating a study file stays light
+
+        url = self.optuna_storage
+        if url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return url
 
 
 def load_study(path: Path | str) -> tuple[StudySpec, dict[str, Any]]:

@@ -6,6 +6,11 @@ pruned, which is how pruners work for launched jobs (peers.md pain point 2).
 
 Its run folder is its ledger: `job.json` says which process runs it (so a relaunch can stop a stale one),
 `result.json` is written last and atomically, so a replicate with a result is never run again.
+
+It is checkpointable for submitit: when SLURM preempts it or its time limit nears (USR2), submitit calls
+`checkpoint`, which resubmits the same job, and requeues it; the requeued job (like one requeued by
+`scontrol requeue` or after a node failure) resumes from the run folder's latest checkpoint and continues the
+same MLflow run, whose id the trainer keeps in the run folder.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import submitit
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from ablate.ablations.optuna_study import open_study
@@ -28,9 +35,11 @@ from ablate.ablations.spec import StudySpec
 from ablate.core.config import TrainConfig
 from ablate.core.tracking import RUN_ID_FILE
 from ablate.core.trainer import EvalCallback, train
+from ablate.slurm.accounting import Usage
 
 JOB_RECORD = "job.json"
 RESULT_RECORD = "result.json"
+SLURM_USAGE_RECORD = "slurm_usage.json"  # {job id: Usage} of every SLURM job that ran this replicate
 
 
 def config_hash(params: dict[str, Any]) -> str:
@@ -50,8 +59,32 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def read_slurm_usage(run_dir: Path) -> dict[str, dict[str, float]]:
+    path = run_dir / SLURM_USAGE_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_slurm_usage(run_dir: Path, job_id: str, usage: Usage) -> Usage:
+    """Add one job's accounting to the replicate's ledger; returns the total over all its jobs (retries)."""
+    jobs = read_slurm_usage(run_dir) | {job_id: usage.as_dict()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(run_dir / SLURM_USAGE_RECORD, jobs)
+    return Usage(*(sum(job[name] for job in jobs.values()) for name in Usage.__dataclass_fields__))
+
+
+def log_slurm_usage(run_dir: Path, tracking_uri: str, total: Usage) -> None:
+    """Log SLURM's CPU/GPU-hours to the replicate's MLflow run (if the job got far enough to open one)."""
+    record = run_dir / RUN_ID_FILE
+    if not record.is_file():
+        return
+    run_id = json.loads(record.read_text())["run_id"]
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, 0) for key, value in total.as_metrics().items()]
+    MlflowClient(tracking_uri=tracking_uri).log_batch(run_id, metrics=metrics)
+
+
 @dataclass
-class TrialJob:
+class TrialJob(submitit.helpers.Checkpointable):
     spec: dict[str, Any]  # StudySpec as JSON-able data
     trial_id: int | None  # Optuna's storage id of the trial; None for baseline runs
     config: dict[str, Any]  # the complete TrainConfig tree of this replicate
@@ -65,6 +98,7 @@ class TrialJob:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "")
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # set by SLURM on a requeued job
         write_json_atomically(
             run_dir / JOB_RECORD,
             {
@@ -73,6 +107,7 @@ class TrialJob:
                 "job_id": job_id,
                 "submitted": self.submitted_at,
                 "started": time.time(),
+                "slurm_restarts": restarts,
             },
         )
         callbacks = [self._pruning_callback(spec)] if self.trial_id is not None and len(spec.objectives) == 1 else []
@@ -81,7 +116,12 @@ class TrialJob:
         except Exception:
             self._tag_run(config, {"ablate.state": "failed"})  # the trainer has recorded the error itself
             raise
-        self._tag_run(config, {"ablate.state": "pruned" if result.stopped_early else "finished"})
+        tags = {"ablate.state": "pruned" if result.stopped_early else "finished"}
+        if restarts:
+            tags["ablate.slurm_restarts"] = str(restarts)
+        self._tag_run(config, tags)
+        if result.resumed_from is not None:
+            self._clear_recovered_error(config)
         outcome = {
             "run_id": result.run_id,
             "metrics": result.metrics,
@@ -104,6 +144,28 @@ class TrialJob:
             return trial.should_prune()
 
         return report_and_check
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on preemption or near the time limit: run this same job again after the requeue.
+
+        Nothing needs saving here: the trainer checkpoints atomically every `checkpoint_every` steps, and the
+        requeued job resumes from the latest one (the steps since then are recomputed, bit-exactly on CPU).
+        """
+        logging.getLogger("ablate.trial").warning("interrupted by SLURM: requeueing, to resume from the checkpoint")
+        return submitit.helpers.DelayedSubmission(self)
+
+    @staticmethod
+    def _clear_recovered_error(config: TrainConfig) -> None:
+        """An interrupted attempt left `ablate.error` (e.g. SystemExit at a requeue); the run has now finished."""
+        record = Path(config.run_dir) / RUN_ID_FILE
+        if not (config.tracking.enabled and record.is_file()):
+            return
+        client = MlflowClient(tracking_uri=config.tracking.uri)
+        run_id = json.loads(record.read_text())["run_id"]
+        error = client.get_run(run_id).data.tags.get("ablate.error")
+        if error is not None:
+            client.set_tag(run_id, "ablate.recovered_error", error)
+            client.delete_tag(run_id, "ablate.error")
 
     @staticmethod
     def _tag_run(config: TrainConfig, tags: dict[str, str]) -> None:

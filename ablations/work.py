@@ -88,9 +88,12 @@ def build_group(
 
 
 def replicate_tree(
-    spec: StudySpec, base: dict[str, Any], replicate: Replicate, parent_run_id: str, threads: int
+    spec: StudySpec, base: dict[str, Any], replicate: Replicate, parent_run_id: str, threads: int | None
 ) -> dict[str, Any]:
-    """The complete TrainConfig tree of one replicate: base + params + seed + where it runs and logs."""
+    """The complete TrainConfig tree of one replicate: base + params + seed + where it runs and logs.
+
+    `threads` None: the job takes its allocation's CPUs (SLURM_CPUS_PER_TASK), read where it runs.
+    """
     group = replicate.group
     tags = {
         **base.get("tracking", {}).get("tags", {}),

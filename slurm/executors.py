@@ -1,19 +1,34 @@
-"""Where a trial runs, behind one interface: a submitit executor configured from the study.
+"""Where a trial runs, behind one interface over submitit: submit callables, poll for the ones that ended, cancel.
 
 `local`: each trial is a separate process on this machine (submitit's LocalExecutor); the scheduler submits
 only when a slot is free, because LocalExecutor itself starts everything at once (peers.md pain point 11).
 `debug`: in-process (submitit's DebugExecutor), for tests and pdb.
+`slurm`: sbatch through submitit's SlurmExecutor; several trials submitted together become one job array.
+Job states come from one `sacct` call per poll for all jobs (accounting.py), which also says what each job
+used; a job that ended without a result (cancelled, killed, node failure, time limit) is reported at once.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import submitit
 
-ExecutorKind = Literal["local", "debug"]
+from ablate.slurm.accounting import NOT_RETRIED_STATES, Accounting, Usage
+
+
+@dataclass
+class JobEnd:
+    """How a job ended: its result, or an error and whether running it again could help."""
+
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retriable: bool = True
+    usage: Usage | None = None  # SLURM accounting; None elsewhere
 
 
 def available_cpus() -> int:
@@ -25,10 +40,104 @@ def threads_per_trial(requested: int | None, parallel: int) -> int:
     return requested or max(1, available_cpus() // parallel)
 
 
-def make_executor(kind: ExecutorKind, folder: Path, timeout_min: int) -> submitit.Executor:
+class LocalTrialExecutor:
+    """Processes on this machine (or in this process, for `debug`)."""
+
+    def __init__(self, executor: submitit.Executor) -> None:
+        self.executor = executor
+
+    def submit(self, functions: Sequence[Callable[[], Any]]) -> list[submitit.Job]:
+        return [self.executor.submit(function) for function in functions]
+
+    def poll(self, jobs: Sequence[submitit.Job]) -> dict[str, JobEnd]:
+        ended = {}
+        for job in jobs:
+            if not job.done():
+                continue
+            try:
+                ended[job.job_id] = JobEnd(result=job.result())
+            except Exception as err:  # the trial raised, or its process died
+                ended[job.job_id] = JobEnd(error=str(err))
+        return ended
+
+    def cancel(self, job: submitit.Job) -> None:
+        job.cancel(check=False)
+
+
+class SlurmTrialExecutor:
+    """sbatch via submitit; states and usage from one batched sacct query per poll."""
+
+    def __init__(self, folder: Path, timeout_min: int, slurm: dict[str, Any]) -> None:
+        self.executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=slurm["max_requeues"])
+        parameters: dict[str, Any] = {
+            "job_name": "ablate-trial",
+            "time": timeout_min,
+            "cpus_per_task": slurm["cpus_per_task"],
+            "array_parallelism": slurm["array_parallelism"],
+            "signal_delay_s": slurm["signal_delay_s"],
+            "additional_parameters": dict(slurm.get("additional_parameters") or {}),
+        }
+        if slurm.get("gpus_per_node"):
+            parameters["gpus_per_node"] = slurm["gpus_per_node"]
+        if slurm.get("mem_gb"):
+            parameters["mem"] = f"{int(slurm['mem_gb'] * 1024)}MB"
+        for key in ("partition", "account", "qos", "constraint"):
+            if slurm.get(key):
+                parameters[key] = slurm[key]
+        self.executor.update_parameters(**parameters)
+        self.accounting = Accounting()
+
+    def submit(self, functions: Sequence[Callable[[], Any]]) -> list[submitit.Job]:
+        """One sbatch call: a single job, or an array (`--array=0-N%array_parallelism`) for several."""
+        if len(functions) == 1:
+            return [self.executor.submit(functions[0])]
+        with self.executor.batch():
+            jobs = [self.executor.submit(function) for function in functions]
+        return jobs
+
+    def poll(self, jobs: Sequence[submitit.Job]) -> dict[str, JobEnd]:
+        records = self.accounting.query(job.job_id for job in jobs)
+        ended = {}
+        for job in jobs:
+            record = records.get(job.job_id)
+            if record is None or record.active:
+                continue
+            retriable = record.state not in NOT_RETRIED_STATES
+            if job.paths.result_pickle.exists():
+                try:
+                    ended[job.job_id] = JobEnd(result=job.result(), usage=record.usage)
+                except Exception as err:  # the trial raised: submitit pickled its traceback
+                    ended[job.job_id] = JobEnd(error=str(err), retriable=retriable, usage=record.usage)
+                continue
+            error = (
+                f"SLURM job {job.job_id} ended {record.state} (exit code {record.exit_code}) without a result"
+                f"{_log_tail(job)}"
+            )
+            ended[job.job_id] = JobEnd(error=error, retriable=retriable, usage=record.usage)
+        return ended
+
+    def cancel(self, job: submitit.Job) -> None:
+        job.cancel(check=False)
+
+
+def _log_tail(job: submitit.Job, lines: int = 10) -> str:
+    for path in (job.paths.stderr, job.paths.stdout):
+        if path.is_file():
+            text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+            if text:
+                return f"; end of {path.name}:\n" + "\n".join(text)
+    return ""
+
+
+TrialExecutor = LocalTrialExecutor | SlurmTrialExecutor
+
+
+def make_executor(kind: str, folder: Path, timeout_min: int, slurm: dict[str, Any] | None = None) -> TrialExecutor:
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "debug":
-        return submitit.DebugExecutor(folder=folder)
+        return LocalTrialExecutor(submitit.DebugExecutor(folder=folder))
+    if kind == "slurm":
+        return SlurmTrialExecutor(folder, timeout_min, slurm or {})
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=timeout_min)
-    return executor
+    return LocalTrialExecutor(executor)
