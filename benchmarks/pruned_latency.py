@@ -7,7 +7,7 @@ FFN parameters scale with hidden × heads and hidden × units, so about 1−q of
 dense, and image + text forward passes are timed at batch 1 and batch 64. Latency is the median over rounds; each
 round times every variant once, in turn, so drift on a shared machine hits all of them alike.
 
-    .venv/bin/python benchmarks/pruned_latency.py [--models tiny small] [--threads 2] [--rounds 15]
+    .venv/bin/python benchmarks/pruned_latency.py [--models tiny small] [--threads 1] [--rounds 21]
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def median_latencies(variants: dict[str, CLIP], batch: int, rounds: int, warmup:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "small"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=21)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
