@@ -27,8 +27,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Ablation studies for efficient CLIP training: train, launch studies, report.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: the bundled benchmark.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the bundled benchmark, inspection, quality.")
 app.add_typer(data_app, name="data")
+teachers_app = typer.Typer(no_args_is_help=True, help="Teacher ensembles for distillation.")
+app.add_typer(teachers_app, name="teachers")
 cluster_app = typer.Typer(no_args_is_help=True, help="A single-node SLURM cluster with accounting on this machine.")
 app.add_typer(cluster_app, name="cluster")
 mlflow_app = typer.Typer(no_args_is_help=True, help="The MLflow tracking server trial jobs log through.")
@@ -49,6 +51,7 @@ def _fail(message: str) -> None:
 def train(
     config: Path | None = typer.Argument(None, help="TrainConfig YAML; omitted: the embedded defaults"),
     overrides: list[str] = typer.Option([], "--set", "-s", help="KEY=VALUE, e.g. optim.lr=1e-3 (repeatable)"),
+    preset: str | None = typer.Option(None, help="a named recipe applied before --set, e.g. mobileclip"),
 ) -> None:
     """Train one model (resumes if its run_dir already holds a checkpoint)."""
     from ablate.core.config_io import load_train_config
@@ -56,7 +59,7 @@ def train(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        train_config = load_train_config(config, overrides)
+        train_config = load_train_config(config, overrides, preset)
         result = run_training(train_config)
     except USER_ERRORS as err:
         _fail(str(err))
@@ -229,6 +232,188 @@ def data_shapes(
         _fail(str(err))
     counts = {split: info["num_samples"] for split, info in manifest["splits"].items()}
     console.print(f"wrote {counts} to {out}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    shards: list[Path] = typer.Argument(..., help="tar shards or folders holding them"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Samples, members, embedding shapes/dtypes, augmentations, synthetic captions and bytes per sample."""
+    from ablate.core.data.inspect import inspect_shards
+
+    try:
+        summary = inspect_shards(shards)
+    except (ValueError, *USER_ERRORS) as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table("field", "value", show_header=False)
+    for key, value in summary.items():
+        shown = "\n".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        table.add_row(key, "\n".join(value) if isinstance(value, list) else shown)
+    console.print(table)
+
+
+@data_app.command("filter")
+def data_filter(
+    reinforced: Path = typer.Argument(..., help="reinforced folder (reinforcement.json + DataCompDR-layout shards)"),
+    out: Path = typer.Option(..., help="new dataset folder: manifest.json, kept train shards, reinforced/"),
+    score: str = typer.Option("combined", help="clip_score, caption_agreement, combined or combined_rank"),
+    keep: float = typer.Option(..., help="fraction of samples to keep (highest scores), in (0, 1]"),
+    data: Path | None = typer.Option(None, help="image dataset; default: the reinforcement's source"),
+    agreement: str = typer.Option("mean", help="reduce alt-vs-synthetic cosines by mean or max (new scores only)"),
+    rescore: bool = typer.Option(False, help="recompute quality.parquet even if it exists"),
+) -> None:
+    """Keep the best-captioned fraction of a reinforced dataset as a new dataset (scores cached beside shards)."""
+    from ablate.core.quality import QUALITY_FILE, compute_quality, filter_dataset, load_scores
+    from ablate.core.quality.detection import detect_noise, noisy_labels
+    from ablate.core.quality.store import load_reinforcement_info, ranked_keep
+
+    try:
+        if rescore or not (reinforced / QUALITY_FILE).is_file():
+            compute_quality(reinforced, agreement)  # type: ignore[arg-type]
+        scores = load_scores(reinforced)
+        kept = set(scores.loc[ranked_keep(scores, score, keep, str(reinforced / QUALITY_FILE)), "uid"])
+        source = data or Path(load_reinforcement_info(reinforced).source)
+        result = filter_dataset(
+            source, kept, out, reinforced=reinforced, provenance={"score": score, "keep_fraction": keep}
+        )
+    except (ValueError, *USER_ERRORS) as err:
+        _fail(str(err))
+    console.print(f"kept {result.kept} of {result.total} samples by {score} -> {out}", highlight=False)
+    try:
+        labels = noisy_labels(source)
+    except (ValueError, *USER_ERRORS):
+        return  # real data: no ground truth to report against
+    table = Table("score", "precision", "recall", "AUROC", title="finding noisy alt-texts (flag = lowest scores)")
+    for name in [c for c in scores.columns if c != "uid"]:
+        found = detect_noise(scores, labels, name, flag_fraction=1 - keep)
+        table.add_row(name, f"{found.precision:.3f}", f"{found.recall:.3f}", f"{found.auroc:.3f}")
+    console.print(table)
+
+
+@data_app.command("audit")
+def data_audit(
+    data: Path = typer.Argument(..., help="dataset folder with manifest.json (e.g. the output of data filter)"),
+    split: str = typer.Option("train"),
+    preset: str = typer.Option("strict", help="strict, relaxed (the paper's plans), strict_table, relaxed_table"),
+    p_accept: float | None = typer.Option(None, help="acceptable error rate (overrides the preset)"),
+    p_reject: float | None = typer.Option(None, help="rejectable error rate"),
+    alpha: float | None = typer.Option(None, help="producer's risk"),
+    beta: float | None = typer.Option(None, help="consumer's risk"),
+    plan: str = typer.Option("single", help="single or double"),
+    second_sample: str = typer.Option("same_lot", help="double plans: same_lot (paper) or remaining_lot (exact)"),
+    seed: int = typer.Option(0, help="which items are drawn"),
+    judgements: Path | None = typer.Option(None, help="CSV to fill in; omitted: judge from json alt_noisy"),
+    confidence: float = typer.Option(0.95, help="of the error-rate interval"),
+    report: Path | None = typer.Option(None, help="write the audit report JSON here"),
+) -> None:
+    """Accept or reject a shard set from a small judged sample (hypergeometric acceptance sampling)."""
+    from ablate.core.quality.acceptance import PRESETS
+    from ablate.core.quality.audit import JudgementsPending, run_audit
+
+    if preset not in PRESETS:
+        _fail(f"--preset {preset!r}: choose one of {sorted(PRESETS)}")
+    if plan not in ("single", "double") or second_sample not in ("same_lot", "remaining_lot"):
+        _fail(f"--plan {plan!r} / --second-sample {second_sample!r}: single|double and same_lot|remaining_lot")
+    chosen = dict(zip(("p_accept", "p_reject", "alpha", "beta"), PRESETS[preset], strict=True))
+    given = {"p_accept": p_accept, "p_reject": p_reject, "alpha": alpha, "beta": beta}
+    chosen.update({k: v for k, v in given.items() if v is not None})
+    try:
+        result = run_audit(
+            data,
+            **chosen,
+            kind=plan,
+            second_sample=second_sample,
+            split=split,
+            seed=seed,  # type: ignore[arg-type]
+            judgements=judgements,
+            confidence=confidence,
+        )
+    except JudgementsPending as pending:
+        console.print(str(pending), highlight=False, soft_wrap=True)
+        raise typer.Exit(code=3) from None
+    except (ValueError, *USER_ERRORS) as err:
+        _fail(str(err))
+    if report:
+        report.write_text(result.to_json() + "\n")
+    shown = {k: v for k, v in result.plan.items() if k in ("n", "c", "c1", "c2")}
+    console.print(f"lot {result.lot_size}, {plan} plan {shown} for {chosen}", highlight=False)
+    for stage in result.stages:
+        console.print(f"stage {stage['stage']}: {stage['errors']} errors in {stage['inspected']}", highlight=False)
+    ci = result.interval
+    console.print(
+        f"[bold]{result.decision.upper()}[/]; error rate {ci['estimate']:.4f} "
+        f"({ci['confidence']:.0%} exact interval {ci['lower']:.4f}-{ci['upper']:.4f})",
+        highlight=False,
+    )
+
+
+@teachers_app.command("train")
+def teachers_train(
+    steps: int | None = typer.Option(None, help="training steps per teacher (default: the bundled recipe's)"),
+) -> None:
+    """Train the bundled benchmark's teacher ensemble on clean captions (cached; later commands reuse it)."""
+    from dataclasses import replace
+
+    from ablate.core.bundled_teachers import BUNDLED_RECIPE, teacher_metrics, train_teachers
+
+    recipe = replace(BUNDLED_RECIPE, steps=steps) if steps else BUNDLED_RECIPE
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        specs = train_teachers(recipe)
+    except (ValueError, *USER_ERRORS) as err:
+        _fail(str(err))
+    for spec, metrics in zip(specs, teacher_metrics(recipe), strict=False):
+        zero_shot = {k.removeprefix("eval/"): round(v, 3) for k, v in metrics.items() if k.startswith("eval/")}
+        console.print(f"{spec.model} @ {spec.checkpoint}: {zero_shot}", soft_wrap=True)
+
+
+@app.command()
+def reinforce(
+    source: Path | None = typer.Argument(None, help="dataset folder with manifest.json; omitted: the bundled one"),
+    out: Path | None = typer.Option(None, help="output folder; omitted with no SOURCE: the bundled cache entry"),
+    teacher: list[str] = typer.Option(
+        [], help="MODEL=CHECKPOINT[@SCALE], repeatable; omitted: the bundled teachers (trained if missing)"
+    ),
+    augmentations: int = typer.Option(5, help="stored augmentations per image (MobileCLIP: 30 for 12M, 10 for 1B)"),
+    synthetic: int | None = typer.Option(None, help="synthetic captions to embed per image (default: all)"),
+    embedding_format: str = typer.Option("pth.gz", "--format", help="pth.gz (bf16) or npz (fp32)"),
+    batch_size: int = typer.Option(256, help="augmented images per teacher forward"),
+    workers: int = typer.Option(1, help="processes, each reinforcing whole shards"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Store teacher embeddings of A augmentations, the caption and S synthetic captions (DataCompDR layout)."""
+    from ablate.core.bundled_teachers import bundled_reinforcement, train_teachers
+    from ablate.core.config import DataConfig, TeacherSpec
+    from ablate.core.data.bundled import resolve_data_root
+    from ablate.core.data.reinforce import ReinforceSettings, reinforce_dataset
+
+    try:
+        if source is None and out is None and not teacher:
+            console.print(f"bundled reinforcement: {bundled_reinforcement(DataConfig())}")
+            return
+        if out is None:
+            _fail("--out is required when SOURCE or --teacher is given")
+        specs = [_teacher_spec(text, TeacherSpec) for text in teacher] if teacher else train_teachers()
+        settings = ReinforceSettings(augmentations, synthetic, embedding_format, seed=seed, batch_size=batch_size)
+        reinforce_dataset(source or resolve_data_root(DataConfig()), specs, out, settings, workers)
+    except (ValueError, *USER_ERRORS) as err:
+        _fail(str(err))
+
+
+def _teacher_spec(text: str, spec_type: type) -> object:
+    """MODEL=CHECKPOINT[@SCALE] -> TeacherSpec."""
+    model, equals, rest = text.partition("=")
+    if not equals or not model or not rest:
+        raise ConfigError(f"--teacher {text!r}: expected MODEL=CHECKPOINT[@SCALE]")
+    checkpoint, at, scale = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    try:
+        return spec_type(model=model, checkpoint=checkpoint, **({"logit_scale": float(scale)} if at else {}))
+    except ValueError as err:
+        raise ConfigError(f"--teacher {text!r}: {err}") from None
 
 
 @app.command()

@@ -56,19 +56,80 @@ class DataConfig(StrictModel):
     """
 
     root: str | None = None
-    train_caption: Literal["alt", "syn"] = Field(
-        "alt", description="alt: the web alt-text (noisy); syn: a random synthetic caption per sample"
+    captions: Literal["alt", "syn", "both", "mix"] = Field(
+        "alt",
+        description="alt: the ground-truth web alt-text (noisy); syn: one synthetic caption; both: MobileCLIP's "
+        "B_real + B_syn from the same images (Eq. 3); mix: one batch, synthetic with probability mix_synthetic_ratio",
     )
+    mix_synthetic_ratio: float = Field(0.5, ge=0, le=1)
     num_workers: int = Field(0, ge=0)
     shapes_train: int = Field(20000, ge=1, description="bundled benchmark size when root is None")
     shapes_val: int = Field(1000, ge=1)
     shapes_seed: int = 0
+    reinforcement: str | None = Field(
+        None,
+        description="folder with reinforcement.json and DataCompDR-layout shards (`ablate reinforce`); "
+        "`bundled`: the bundled teachers' reinforcement of the bundled benchmark",
+    )
+    sample: Literal["random", "sequential"] = Field(
+        "random", description="which stored augmentation and synthetic caption a visit reads: random, or by epoch"
+    )
+    augment: bool = Field(False, description="plain runs: draw RandomResizedCrop + RandAugment views (DataCompDR's)")
 
 
 class LossConfig(StrictModel):
-    """The training objective. Only the contrastive CLIP loss exists so far (open_clip semantics)."""
+    """The training objective, L = (1-λ)·L_CLIP + λ·((1-α)·L_distill + α·L_sparsity) (see `losses.combined_loss`).
 
-    kind: Literal["clip"] = "clip"
+    Every contrastive and distillation term is summed over the caption batches `data.captions` selects (`both`
+    is MobileCLIP's Eq. 3: B_real + B_syn from the same images, one text forward over both). Teacher widths and
+    scales default to what the reinforcement recorded (reinforcement.json) or the online teachers' own; set them
+    for third-party shards.
+    """
+
+    lambda_: float = Field(0.0, alias="lambda", ge=0, le=1, description="λ: weight of distillation (+ sparsity)")
+    alpha: float = Field(0.0, ge=0, le=1, description="α: share of the sparsity loss inside the λ part")
+    distill: Literal["mobileclip", "tinyclip"] = Field(
+        "mobileclip",
+        description="mobileclip: KD at the student's temperature against each teacher's (§1.2); "
+        "tinyclip: affinity mimicking, teacher and student at τ = affinity_temperature (§2.1)",
+    )
+    average_after_softmax: bool = Field(
+        True, description="True: a K-teacher ensemble (mean of softmaxes); False: the concatenation as one teacher"
+    )
+    teacher_dims: list[int] | None = Field(None, description="width of each teacher's slice of the stored vectors")
+    teacher_logit_scales: list[float] | None = Field(None, description="one multiplier per teacher, e.g. [70, 60]")
+    affinity_temperature: float = Field(1 / 50, gt=0, description="τ of TinyCLIP's affinity mimicking")
+
+    @model_validator(mode="after")
+    def _teacher_lists_agree(self) -> LossConfig:
+        dims, scales = self.teacher_dims, self.teacher_logit_scales
+        if dims is not None and (not dims or min(dims) <= 0):
+            raise ValueError(f"teacher_dims must be positive widths, got {dims}")
+        if scales is not None and (not scales or min(scales) <= 0):
+            raise ValueError(f"teacher_logit_scales must be positive multipliers, got {scales}")
+        if dims is not None and scales is not None and len(dims) != len(scales) and self.average_after_softmax:
+            raise ValueError(f"teacher_dims {dims} and teacher_logit_scales {scales} must name the same teachers")
+        return self
+
+
+class TeacherSpec(StrictModel):
+    """One teacher: a model the factory builds and the checkpoint holding its weights (ours or open_clip's)."""
+
+    model: str
+    checkpoint: str
+    logit_scale: float = Field(100.0, gt=0, description="its distillation multiplier 1/τ_k (MobileCLIP2: 70, 60)")
+
+
+class TeachersConfig(StrictModel):
+    """Where the teachers' embeddings come from during training.
+
+    `stored` reads them from the reinforced shards (`data.reinforcement`), which costs nothing per step; `online`
+    runs `members` on every batch, the comparison point for cost (MobileCLIP Tab 4d). `members: bundled` names
+    the bundled benchmark's teachers (`ablate teachers train`), trained once into the cache.
+    """
+
+    mode: Literal["stored", "online"] = "stored"
+    members: list[TeacherSpec] | Literal["bundled"] = "bundled"
 
 
 class OptimConfig(StrictModel):
@@ -81,6 +142,18 @@ class OptimConfig(StrictModel):
     beta2: float = Field(0.98, ge=0, lt=1)
     eps: float = Field(1e-6, gt=0)
     warmup_steps: int = Field(50, ge=0)
+    warmup_fraction: float | None = Field(
+        None, ge=0, lt=1, description="warmup as a fraction of train.steps; overrides warmup_steps (presets scale)"
+    )
+    min_lr_ratio: float | None = Field(None, ge=0, le=1, description="min_lr as a fraction of lr; overrides min_lr")
+
+    def warmup_for(self, total_steps: int) -> int:
+        return round(self.warmup_fraction * total_steps) if self.warmup_fraction is not None else self.warmup_steps
+
+    @property
+    def floor_lr(self) -> float:
+        return self.lr * self.min_lr_ratio if self.min_lr_ratio is not None else self.min_lr
+
     grad_clip_norm: float | None = Field(1.0, gt=0)
 
 
@@ -125,6 +198,7 @@ class TrainConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    teachers: TeachersConfig = Field(default_factory=TeachersConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -132,11 +206,26 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
-        if self.optim.warmup_steps >= self.train.steps:
+        if self.optim.warmup_for(self.train.steps) >= self.train.steps:
             raise ValueError(
-                f"optim.warmup_steps ({self.optim.warmup_steps}) must be smaller than train.steps ({self.train.steps})"
+                f"optim.warmup_steps ({self.optim.warmup_for(self.train.steps)}) must be smaller than train.steps "
+                f"({self.train.steps})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _distillation_has_teachers(self) -> TrainConfig:
+        if self.loss.lambda_ > 0 and self.teachers.mode == "stored" and self.data.reinforcement is None:
+            raise ValueError(
+                f"loss.lambda is {self.loss.lambda_} but there is nothing to distil from: set data.reinforcement "
+                "(stored teacher embeddings) or teachers.mode: online"
+            )
+        return self
+
+    @property
+    def uses_teachers(self) -> bool:
+        """Whether batches carry teacher embeddings (stored or computed online)."""
+        return self.data.reinforcement is not None or self.teachers.mode == "online"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

@@ -80,10 +80,15 @@ def validate_train_config(tree: Mapping[str, Any], source: str) -> TrainConfig:
         raise ConfigError(describe_validation_error(err, TrainConfig, source)) from None
 
 
-def load_train_config(path: Path | str | None, overrides: Iterable[str] = ()) -> TrainConfig:
-    """The `ablate train` entry: YAML file (or the embedded defaults when None) plus `--set` overrides."""
+def load_train_config(path: Path | str | None, overrides: Iterable[str] = (), preset: str | None = None) -> TrainConfig:
+    """The `ablate train` entry: YAML file (or the embedded defaults when None), then a named preset
+    (`core/presets.py`), then `--set` overrides, each later one winning."""
+    from ablate.core.presets import preset_overrides
+
     tree = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"
+    if preset is not None:
+        tree = apply_overrides(tree, preset_overrides(preset, f"{source}: --preset"))
     parsed = dict(parse_override(item) for item in overrides)
     return validate_train_config(apply_overrides(tree, parsed), source)
 

@@ -114,8 +114,36 @@ def mobileclip_total_loss(
     )
     clip_real = clip_loss(image_features, text_features, logit_scale)
     clip_syn = clip_loss(image_features, syn_text_features, logit_scale)
-    total = (1.0 - lam) * (clip_real + clip_syn) + lam * (distill_real + distill_syn)
+    total = combined_loss(clip_real + clip_syn, distill_real + distill_syn, None, lam, alpha=0.0)
     return MobileCLIPLoss(clip_real, clip_syn, distill_real, distill_syn, total)
+
+
+def combined_loss(
+    clip: torch.Tensor,
+    distill: torch.Tensor | None,
+    sparsity: torch.Tensor | None,
+    lam: float,
+    alpha: float,
+) -> torch.Tensor:
+    """The research's objective, L = (1−λ)·L_CLIP + λ·((1−α)·L_distill + α·L_sparsity).
+
+    `clip` and `distill` are already summed over the caption batches (Eq. 3: B_real + B_syn); the sparsity term
+    is a property of the model, counted once. λ = 0 is exactly the CLIP loss (no teacher is read) and α = 0 with
+    no masks is MobileCLIP's L_Total. A weight that is zero never multiplies a missing term, so a plain run needs
+    no teachers and an uncompressed run no masks.
+    """
+    if not (0.0 <= lam <= 1.0 and 0.0 <= alpha <= 1.0):
+        raise ValueError(f"λ and α must lie in [0, 1], got λ={lam}, α={alpha}")
+    total = (1.0 - lam) * clip if lam < 1.0 else clip.new_zeros(())
+    if lam > 0.0 and alpha < 1.0:
+        if distill is None:
+            raise ValueError(f"λ={lam} and α={alpha} weight a distillation term, but there are no teacher embeddings")
+        total = total + lam * (1.0 - alpha) * distill
+    if lam > 0.0 and alpha > 0.0:
+        if sparsity is None:
+            raise ValueError(f"λ={lam} and α={alpha} weight a sparsity loss, but the model has no masks")
+        total = total + lam * alpha * sparsity
+    return total
 
 
 def affinity_mimicking_loss(
@@ -124,26 +152,29 @@ def affinity_mimicking_loss(
     teacher_image: torch.Tensor,
     teacher_text: torch.Tensor,
     temperature: float = 1 / 50,
+    teacher_dims: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """TinyCLIP's affinity mimicking, ½[CE(A^s_I2T ← A^t_I2T) + CE(A^s_T2I ← A^t_T2I)] [papers.md §2.1, §8 B].
 
     The affinities are row softmaxes of I·Tᵀ/τ with τ fixed (1/50 in TinyCLIP) for teacher AND student: the
-    reference code pins the student's logit scale to 50 as well. That is MobileCLIP's distillation with one teacher
-    pair and s = s_1 = 1/τ, so it is computed by it. The teacher pair is one embedding pair (the ensemble mean or a
-    single teacher).
+    reference code pins the student's logit scale to 50 as well. That is MobileCLIP's distillation with
+    s = s_k = 1/τ, so it is computed by it. Without `teacher_dims` the teacher is one embedding pair (TinyCLIP's
+    single teacher); with them the stored vectors are K teachers' slices and the target is the mean of their
+    affinities (average after softmax, as for MobileCLIP's ensemble).
     """
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
     scale = 1.0 / temperature
+    ensemble = teacher_dims is not None and len(teacher_dims) > 1
     return mobileclip_distill_loss(
         image_features,
         text_features,
         image_features.new_tensor(scale),
         teacher_image,
         teacher_text,
-        teacher_dims=(),  # ignored: one teacher pair, taken whole by the single-softmax path
-        teacher_scales=[scale],
-        average_after_softmax=False,
+        teacher_dims=list(teacher_dims) if ensemble else (),  # one pair: taken whole by the single-softmax path
+        teacher_scales=[scale] * (len(teacher_dims) if ensemble else 1),
+        average_after_softmax=ensemble,
     )
 
 

@@ -28,11 +28,12 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
 
 
 def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
-    """Linear warmup to `lr` over `warmup_steps` (step+1 as open_clip), then cosine to `min_lr` at the end."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    """Linear warmup to `lr` (step+1 as open_clip), then cosine to the floor (`min_lr`) at the end."""
+    warmup, floor = config.warmup_for(total_steps), config.floor_lr
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -19,17 +19,21 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from ablate.core import losses
+from ablate.core.bundled_teachers import resolve_reinforcement, resolve_teachers
 from ablate.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ablate.core.config import TrainConfig
 from ablate.core.data.bundled import resolve_data_root
-from ablate.core.data.dataset import EvalDataset, TrainDataset
+from ablate.core.data.dataset import EvalDataset
 from ablate.core.data.manifest import load_manifest
+from ablate.core.data.reinforcement_store import ReinforcementStore, TeacherLayout
 from ablate.core.data.sampler import StepBatchSampler
+from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.evaluation import evaluate, evaluation_metric_names
-from ablate.core.models import CLIP, create_model, parameter_counts
+from ablate.core.models import create_model, parameter_counts
+from ablate.core.objective import TeacherSource, compute_loss
 from ablate.core.optim import build_optimizer, learning_rate, set_learning_rate
 from ablate.core.runtime import configure_threads, resolve_device, seed_everything
+from ablate.core.teachers import TeacherEnsemble
 from ablate.core.tracking import RunTracker
 
 log = logging.getLogger("ablate.train")
@@ -55,14 +59,6 @@ class TrainResult:
 def result_metric_names(zero_shot_tasks: Iterable[str]) -> list[str]:
     """Every name a TrainResult's `metrics` can hold, i.e. what a study may use as an objective."""
     return [f"model/params_{part}" for part in ("image", "text", "total")] + evaluation_metric_names(zero_shot_tasks)
-
-
-def compute_loss(
-    model: CLIP, images: torch.Tensor, tokens: torch.Tensor, config: TrainConfig
-) -> dict[str, torch.Tensor]:
-    """The run's objective as named terms: "loss" is what is optimised; any further term is logged beside it."""
-    image_features, text_features, logit_scale = model(images, tokens)
-    return {"loss": losses.clip_loss(image_features.float(), text_features.float(), logit_scale)}
 
 
 def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = ()) -> TrainResult:
@@ -99,7 +95,7 @@ class Trainer:
         self.resumed = checkpoint is not None
 
         manifest = load_manifest(resolve_data_root(self.config.data))
-        train_set = TrainDataset(manifest, self.model.inputs, self.config.data.train_caption, self.config.seed)
+        train_set = self._training_data(manifest)
         self.eval_set = EvalDataset(manifest, self.model.inputs, "val", self.config.eval.max_samples)
         sampler = StepBatchSampler(
             len(train_set),
@@ -118,6 +114,27 @@ class Trainer:
             prefetch_factor=4 if workers else None,
         )
 
+    def _training_data(self, manifest) -> TrainDataset:
+        """The training set and, when the run distils, where its teacher embeddings come from."""
+        config = self.config
+        reinforcement = resolve_reinforcement(config, config.train.progress)
+        store = ReinforcementStore(reinforcement) if reinforcement else None
+        online = None
+        if config.teachers.mode == "online":
+            online = TeacherEnsemble.load(resolve_teachers(config, config.train.progress)).to(self.device)
+        self.teachers = None
+        if online is not None:
+            scales = config.loss.teacher_logit_scales or online.logit_scales
+            self.teachers = TeacherSource(TeacherLayout(config.loss.teacher_dims or online.dims, scales), online)
+        elif store is not None:
+            self.teachers = TeacherSource(store.layout(config.loss.teacher_dims, config.loss.teacher_logit_scales))
+        augment = config.data.augment or online is not None
+        dataset = TrainDataset(manifest, self.model.inputs, config.data, config.seed, store, augment)
+        self.data_metrics = {"data/train_samples": float(len(dataset))}
+        if store is not None:
+            self.data_metrics |= {"data/lost_samples": float(store.lost + len(dataset.images) - len(dataset))}
+        return dataset
+
     def run(self) -> TrainResult:
         self.started = time.perf_counter()
         run_id = self.tracker.run_id if self.tracker else None
@@ -125,7 +142,7 @@ class Trainer:
             self._build()
             self.run_metrics = {f"model/params_{k}": float(v) for k, v in parameter_counts(self.model).items()}
             if self.tracker and not self.resumed:
-                self.tracker.log_metrics(self.run_metrics | {"system/threads": self.threads}, 0)
+                self.tracker.log_metrics(self.run_metrics | self.data_metrics | {"system/threads": self.threads}, 0)
             log.info(
                 "run %s: %s from step %d/%d on %s with %d threads",
                 run_id or "(untracked)",
@@ -169,16 +186,12 @@ class Trainer:
             return
         model.train()
         with _progress(settings.progress, settings.steps, self.start_step) as (progress, task):
-            for step, (images, tokens) in enumerate(self.loader, start=self.start_step):
+            for step, batch in enumerate(self.loader, start=self.start_step):
                 lr = learning_rate(step, settings.steps, config.optim)
                 set_learning_rate(optimizer, lr)
+                batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
                 with autocast:
-                    terms = compute_loss(
-                        model,
-                        images.to(self.device, non_blocking=True),
-                        tokens.to(self.device, non_blocking=True),
-                        config,
-                    )
+                    terms = compute_loss(model, batch, config.loss, self.teachers)
                 optimizer.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 if config.optim.grad_clip_norm:

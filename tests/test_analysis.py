@@ -364,10 +364,10 @@ def test_every_planned_figure_draws(rich_data):
 
 
 def test_plot_metric_vs_param_colours_by_a_categorical_hue(rich_data):
-    frame = rich_data.done.assign(**{"param.data.train_caption": ["alt", "syn"] * 4})
-    ax = plot_metric_vs_param(frame, OBJECTIVE, "optim.lr", hue="data.train_caption")
+    frame = rich_data.done.assign(**{"param.data.captions": ["alt", "syn"] * 4})
+    ax = plot_metric_vs_param(frame, OBJECTIVE, "optim.lr", hue="data.captions")
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert labels[:2] == ["data.train_caption=alt", "data.train_caption=syn"]
+    assert labels[:2] == ["data.captions=alt", "data.captions=syn"]
     assert [len(c.get_offsets()) for c in ax.collections[:2]] == [3, 3]
     assert not [line for line in ax.get_lines() if len(line.get_xdata()) > 2]  # single runs: no line
     plt.close(ax.figure)

@@ -9,10 +9,12 @@ import pytest
 import torch
 import webdataset as wds
 
-from ablate.core.data.dataset import EvalDataset, TrainDataset
+from ablate.core.config import DataConfig
+from ablate.core.data.dataset import EvalDataset
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.sampler import StepBatchSampler
 from ablate.core.data.tar_index import IndexedShards, split_member_name
+from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.models import create_model
 
 
@@ -64,18 +66,18 @@ def test_sampler_rejects_datasets_smaller_than_a_batch() -> None:
 def test_train_dataset_tokenises_the_chosen_caption(shapes_root: Path) -> None:
     manifest = load_manifest(shapes_root)
     model = create_model("tiny")
-    alt = TrainDataset(manifest, model.inputs, "alt", seed=0)
-    syn = TrainDataset(manifest, model.inputs, "syn", seed=0)
-    image, tokens = alt[0]
-    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
-    assert tokens.shape == (32,)
-    expected = alt.tokenizer(alt.shards[0]["txt"].decode())[0]
-    assert torch.equal(tokens, expected)
-    captions = json.loads(syn.shards[0]["syn.json"])["syn_text"]
-    drawn = {tuple(syn[visit * len(syn)][1].tolist()) for visit in range(40)}  # sample 0 in 40 epochs
+    alt = TrainDataset(manifest, model.inputs, DataConfig(captions="alt"), seed=0)
+    syn = TrainDataset(manifest, model.inputs, DataConfig(captions="syn"), seed=0)
+    item = alt[0]
+    assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.uint8
+    assert item["tokens"].shape == (1, 32)
+    expected = alt.tokenizer(alt.images[0]["txt"].decode())[0]
+    assert torch.equal(item["tokens"][0], expected)
+    captions = json.loads(syn.images[0]["syn.json"])["syn_text"]
+    drawn = {tuple(syn[visit * len(syn)]["tokens"][0].tolist()) for visit in range(40)}  # sample 0 in 40 epochs
     assert drawn <= {tuple(syn.tokenizer(c)[0].tolist()) for c in captions}
     assert len(drawn) > 1
-    assert torch.equal(syn[5][1], syn[5][1])  # a visit's caption is a pure function of (seed, visit)
+    assert torch.equal(syn[5]["tokens"], syn[5]["tokens"])  # a visit's caption is a pure function of (seed, visit)
 
 
 def test_eval_dataset_labels_follow_the_manifest(shapes_root: Path) -> None:

@@ -31,7 +31,7 @@ def write_study(folder: Path, shapes_root: Path, **changes: object) -> Path:
     study = {
         "name": "faults",
         "base": base,
-        "search_space": {"data.train_caption": {"type": "categorical", "choices": ["alt", "syn"]}},
+        "search_space": {"data.captions": {"type": "categorical", "choices": ["alt", "syn"]}},
         "sampler": {"name": "grid"},
         "pruner": {"name": "none"},
         "budget": {"trials": 1, "parallel": 1},

@@ -30,7 +30,7 @@ def write_study(folder: Path, shapes_root: Path, **changes: object) -> Path:
         "description": "does the caption source matter?",
         "base": base,
         "search_space": {
-            "data.train_caption": {"type": "categorical", "choices": ["alt", "syn"]},
+            "data.captions": {"type": "categorical", "choices": ["alt", "syn"]},
             "data.root": {"type": "categorical", "choices": [str(shapes_root), str(folder / "missing")]},
         },
         "replicates": {"seeds": [0, 1]},
@@ -142,7 +142,7 @@ def test_relaunch_continues_without_rerunning_anything(launched: tuple[Path, Lau
     assert labels == ["baseline default", "trial 3"]  # the baseline is read back from its results, not rerun
     study = optuna_study(path)
     assert len(study.trials) == 4 and not [t for t in study.trials if t.state == TrialState.WAITING]
-    assert len({(t.params["data.train_caption"], t.params["data.root"]) for t in study.trials}) == 4
+    assert len({(t.params["data.captions"], t.params["data.root"]) for t in study.trials}) == 4
     after = trial_runs(path)
     assert before <= {run.info.run_id for run in after}
     keys = [

@@ -1,15 +1,12 @@
-"""Map-style image–text datasets over indexed shards: decode, choose the caption, tokenise.
+"""Image decoding shared by the training and evaluation datasets, and the evaluation dataset itself.
 
-Training reads (image, caption tokens); evaluation additionally reads the zero-shot labels from each sample's
-`json`. Requests are "visit ids" (epoch·n + index) so that a caption drawn at random is still a pure function
-of the seed and the visit, which keeps resumed runs exact.
+Evaluation reads the centre view, the retrieval caption and the zero-shot labels from each sample's `json`.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from typing import Literal
 
 import numpy as np
 import torch
@@ -25,17 +22,31 @@ from ablate.core.models.clip import InputSpec
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
-def decode_sample_image(sample: dict, inputs: InputSpec) -> torch.Tensor:
-    """Bytes -> normalised float CHW at the model's resolution (bicubic shorter side + centre crop)."""
+def decode_pil(sample: dict) -> Image.Image:
     extension = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if extension is None:
         raise KeyError(f"sample {sample['__key__']} has no image (looked for {', '.join(IMAGE_EXTENSIONS)})")
     with Image.open(io.BytesIO(sample[extension])) as decoded:
-        image = torch.from_numpy(np.array(decoded.convert("RGB"))).permute(2, 0, 1)
-    if image.shape[-2:] != (inputs.image_size, inputs.image_size):
-        image = TF.resize(image, inputs.image_size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        image = TF.center_crop(image, inputs.image_size)
-    image = image.float().div_(255.0)
+        return decoded.convert("RGB")
+
+
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> uint8 CHW tensor (one copy)."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+def centre_view(image: Image.Image, size: int) -> torch.Tensor:
+    """The evaluation view: bicubic resize of the shorter side to `size`, then a centre crop; uint8 CHW."""
+    pixels = pil_to_uint8(image)
+    if pixels.shape[-2:] != (size, size):
+        pixels = TF.resize(pixels, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        pixels = TF.center_crop(pixels, size)
+    return pixels
+
+
+def decode_sample_image(sample: dict, inputs: InputSpec) -> torch.Tensor:
+    """Bytes -> normalised float CHW at the model's resolution (the centre view)."""
+    image = centre_view(decode_pil(sample), inputs.image_size).float().div_(255.0)
     return TF.normalize(image, list(inputs.mean), list(inputs.std))
 
 
@@ -54,33 +65,6 @@ def lookup(tree: dict, dotted: str) -> object:
     for part in dotted.split("."):
         tree = tree[part]
     return tree
-
-
-class TrainDataset(Dataset):
-    def __init__(
-        self,
-        manifest: Manifest,
-        inputs: InputSpec,
-        caption: Literal["alt", "syn"],
-        seed: int,
-        split: str = "train",
-    ) -> None:
-        self.shards = IndexedShards(manifest.shard_paths(split))
-        self.inputs, self.caption, self.seed = inputs, caption, seed
-        self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
-
-    def __len__(self) -> int:
-        return len(self.shards)
-
-    def __getitem__(self, visit: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sample = self.shards[visit % len(self.shards)]
-        if self.caption == "alt":
-            text = read_caption(sample, "txt")
-        else:
-            captions = synthetic_captions(sample)
-            draw = torch.Generator().manual_seed(self.seed * 1_000_003 + visit)
-            text = captions[int(torch.randint(len(captions), (1,), generator=draw))]
-        return decode_sample_image(sample, self.inputs), self.tokenizer(text)[0]
 
 
 class EvalDataset(Dataset):

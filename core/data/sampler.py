@@ -1,8 +1,10 @@
 """Batch order as a pure function of (seed, step), which is what makes resume exact.
 
 Epoch e visits a seeded permutation of the dataset; step s reads batch s mod (n // batch) of epoch
-s // (n // batch). A resumed run builds the sampler at its checkpoint step and sees the very batches an
-uninterrupted run would have seen, whatever the number of loader workers.
+s // (n // batch). Indices are visit ids, e·n + position, so a dataset can draw per-visit randomness (which
+augmentation, which caption) that differs between epochs yet is fixed by the step. A resumed run builds the
+sampler at its checkpoint step and sees the very batches an uninterrupted run would have seen, whatever the
+number of loader workers.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class StepBatchSampler(Sampler[list[int]]):
             step_epoch, batch = divmod(step, self.batches_per_epoch)
             if step_epoch != epoch:
                 epoch, permutation = step_epoch, self.epoch_permutation(step_epoch)
-            yield permutation[batch * self.batch_size : (batch + 1) * self.batch_size].tolist()
+            positions = permutation[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield (positions + epoch * self.num_samples).tolist()  # visit ids: epoch·n + position
 
     def __len__(self) -> int:
         return self.end_step - self.start_step

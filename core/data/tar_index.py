@@ -7,8 +7,10 @@ member, so any sample can be read with one seek and the sample order can be a se
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,28 +33,66 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def index_shard(path: Path, shard: int) -> list[SampleLocation]:
-    """All samples of one shard, in file order."""
+    """All samples of one shard, in file order. A truncated shard raises `ShardDamaged` carrying the samples
+    whose members all lie inside the file, so a tolerant reader can keep them."""
     samples: dict[str, dict[str, tuple[int, int]]] = {}
-    with tarfile.open(path, "r:") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, extension = split_member_name(member.name)
-            samples.setdefault(key, {})[extension] = (member.offset_data, member.size)
-    return [SampleLocation(shard, key, members) for key, members in samples.items()]
+    size = path.stat().st_size
+    problem = None
+    try:
+        with tarfile.open(path, "r:") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, extension = split_member_name(member.name)
+                samples.setdefault(key, {})[extension] = (member.offset_data, member.size)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        problem = f"unreadable after {sum(len(m) for m in samples.values())} members ({type(err).__name__}: {err})"
+    intact = {key: members for key, members in samples.items() if all(o + n <= size for o, n in members.values())}
+    if len(intact) < len(samples):
+        problem = problem or f"truncated at byte {size}"
+    locations = [SampleLocation(shard, key, members) for key, members in intact.items()]
+    if problem:
+        raise ShardDamaged(problem, locations)
+    return locations
+
+
+class ShardDamaged(Exception):
+    def __init__(self, message: str, intact: list[SampleLocation]) -> None:
+        super().__init__(message)
+        self.intact = intact
 
 
 class IndexedShards:
     """A list-like view of the samples in a set of tar shards: `shards[i]` -> {"__key__": ..., ext: bytes}."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        on_damage: Callable[[Path, str], None] | None = None,
+        required: Sequence[Sequence[str]] = (),
+    ) -> None:
+        """`on_damage(path, message)`: keep the intact samples of a damaged shard and report it, instead of
+        raising. `required`: groups of member extensions of which a sample needs at least one each; samples
+        missing one (e.g. cut off by truncation) are skipped and reported through `on_damage`."""
         if not paths:
             raise ValueError("no shards given")
         missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"shard(s) not found: {', '.join(missing[:5])}")
         self.paths = [Path(p) for p in paths]
-        self.samples = [loc for i, p in enumerate(self.paths) for loc in index_shard(p, i)]
+        self.samples = []
+        for shard, path in enumerate(self.paths):
+            try:
+                locations = index_shard(path, shard)
+            except ShardDamaged as damage:
+                if on_damage is None:
+                    raise ValueError(f"shard {path} is damaged: {damage}") from None
+                on_damage(path, f"{damage}; kept its {len(damage.intact)} intact samples")
+                locations = damage.intact
+            complete = [loc for loc in locations if all(set(group) & loc.members.keys() for group in required)]
+            if len(complete) < len(locations) and on_damage is not None:
+                on_damage(path, f"{len(locations) - len(complete)} samples lack required members, skipped")
+            self.samples.extend(complete)
         self._handles: dict[int, BinaryIO] = {}
         self._owner_pid = os.getpid()
 
@@ -68,12 +108,39 @@ class IndexedShards:
             sample[extension] = handle.read(size)
         return sample
 
+    def uid(self, index: int) -> str:
+        """The sample's join key: its `json` uid when it has one, else its key (DataComp and ours have uids)."""
+        location = self.samples[index]
+        if "json" in location.members:
+            offset, size = location.members["json"]
+            handle = self._handle(location.shard)
+            handle.seek(offset)
+            meta = json.loads(handle.read(size))
+            if isinstance(meta, dict) and "uid" in meta:
+                return str(meta["uid"])
+        return location.key
+
     def _handle(self, shard: int) -> BinaryIO:
         if os.getpid() != self._owner_pid:  # a forked loader worker must not share file offsets with its parent
             self._handles, self._owner_pid = {}, os.getpid()
         if shard not in self._handles:
             self._handles[shard] = open(self.paths[shard], "rb")  # noqa: SIM115 -- kept open for reuse
         return self._handles[shard]
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+    def __enter__(self) -> IndexedShards:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_owner_pid", None) == os.getpid():
+            self.close()
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}}

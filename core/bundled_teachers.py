@@ -1,0 +1,138 @@
+"""The bundled benchmark's teachers and its reinforced copy, built once into the cache and reused.
+
+MobileCLIP distils from teachers far stronger than the student (ViT-L/14s trained on billions of clean pairs).
+The bundled counterpart: K = 2 `small` models (about 2.7x the `tiny` student's parameters) trained from
+different seeds on the benchmark's clean synthetic captions, while students see the noisy alt-text. Like the
+benchmark itself, the teachers and the reinforcement are generated on first use under a file lock, so parallel
+trials wait for one builder instead of racing, and `ablate teachers train` / `ablate reinforce` can prebuild them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ablate.core.config import DataConfig, TeacherSpec, TrainConfig
+from ablate.core.data.bundled import cache_dir, resolve_data_root
+from ablate.core.data.manifest import load_manifest
+from ablate.core.data.reinforce import ReinforceSettings, read_info, reinforce_dataset
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """How the bundled teachers are trained; its hash names their cache folder."""
+
+    models: tuple[str, ...] = ("small", "small")
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    caption: str = "syn"
+    data_train: int = 20000
+    data_val: int = 1000
+    data_seed: int = 0
+    logit_scale: float = 100.0  # DataCompDR's teacher multiplier (papers.md §7 item 4)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+BUNDLED_RECIPE = TeacherRecipe()
+BUNDLED_REINFORCEMENT = ReinforceSettings(augmentations=5, synthetic_captions=None, embedding_format="pth.gz")
+
+
+@contextmanager
+def _exclusive(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def teacher_folder(recipe: TeacherRecipe = BUNDLED_RECIPE) -> Path:
+    return cache_dir() / "teachers" / recipe.key()
+
+
+def teacher_config(recipe: TeacherRecipe, index: int, run_dir: Path, progress: bool = True) -> TrainConfig:
+    """Teacher k: its recipe's model trained from seed k on clean captions, untracked (it is a cache entry)."""
+    return TrainConfig.model_validate(
+        {
+            "seed": index,
+            "run_dir": str(run_dir),
+            "model": {"name": recipe.models[index]},
+            "data": {
+                "captions": recipe.caption,
+                "shapes_train": recipe.data_train,
+                "shapes_val": recipe.data_val,
+                "shapes_seed": recipe.data_seed,
+            },
+            "optim": {"lr": recipe.lr, "warmup_steps": min(100, recipe.steps // 10)},
+            "train": {
+                "steps": recipe.steps,
+                "batch_size": recipe.batch_size,
+                "eval_every": recipe.steps,
+                "checkpoint_every": max(1, recipe.steps // 4),
+                "keep_checkpoints": 1,
+                "progress": progress,
+            },
+            "tracking": {"enabled": False},
+        }
+    )
+
+
+def train_teachers(recipe: TeacherRecipe = BUNDLED_RECIPE, progress: bool = True) -> list[TeacherSpec]:
+    """Train (or finish training) every teacher of `recipe`; cached, so a second call returns at once."""
+    from ablate.core.trainer import train  # the trainer resolves teachers through this module
+
+    folder = teacher_folder(recipe)
+    specs = []
+    with _exclusive(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+        for index, model in enumerate(recipe.models):
+            run_dir = folder / f"teacher-{index}"
+            done = run_dir / "result.json"
+            if not done.is_file():
+                result = train(teacher_config(recipe, index, run_dir, progress))
+                done.write_text(json.dumps({"steps": result.steps, "metrics": result.metrics}, indent=2))
+            specs.append(TeacherSpec(model=model, checkpoint=str(run_dir), logit_scale=recipe.logit_scale))
+    return specs
+
+
+def teacher_metrics(recipe: TeacherRecipe = BUNDLED_RECIPE) -> list[dict[str, float]]:
+    """Final evaluation of each trained teacher (empty if not trained yet)."""
+    folder = teacher_folder(recipe)
+    results = [folder / f"teacher-{index}" / "result.json" for index in range(len(recipe.models))]
+    return [json.loads(path.read_text())["metrics"] for path in results if path.is_file()]
+
+
+def bundled_reinforcement(data: DataConfig, progress: bool = True) -> Path:
+    """The bundled teachers' reinforcement of the benchmark `data` describes, built on first use."""
+    source = resolve_data_root(data)
+    teachers = train_teachers(progress=progress)
+    key = hashlib.sha256(
+        json.dumps([str(source.resolve()), BUNDLED_RECIPE.key(), asdict(BUNDLED_REINFORCEMENT)]).encode()
+    ).hexdigest()[:12]
+    out = cache_dir() / "reinforced" / f"{source.name}-{key}"
+    info = read_info(out)
+    if info is not None and len(info.shards) == len(load_manifest(source).shard_paths(BUNDLED_REINFORCEMENT.split)):
+        return out
+    with _exclusive(out):
+        reinforce_dataset(source, teachers, out, BUNDLED_REINFORCEMENT, progress=progress)
+    return out
+
+
+def resolve_reinforcement(config: TrainConfig, progress: bool = True) -> Path | None:
+    """`data.reinforcement` as a folder: `bundled` builds (or finds) the cached one."""
+    if config.data.reinforcement == "bundled":
+        return bundled_reinforcement(config.data, progress)
+    return Path(config.data.reinforcement) if config.data.reinforcement else None
+
+
+def resolve_teachers(config: TrainConfig, progress: bool = True) -> list[TeacherSpec]:
+    """`teachers.members` as specs: `bundled` trains (or finds) the cached teachers."""
+    members = config.teachers.members
+    return train_teachers(progress=progress) if members == "bundled" else list(members)

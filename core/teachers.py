@@ -1,0 +1,130 @@
+"""A frozen ensemble of K CLIP teachers, each with its own distillation temperature (papers.md §1.1–1.2).
+
+The ensemble's output for an image or a caption is the concatenation [Ψ¹ ‖ … ‖ Ψᴷ] of the teachers' L2-normalised
+embeddings, exactly the vector DataCompDR stores, so stored and online distillation feed the loss the same
+tensor. `dims` says where each teacher's slice ends and `logit_scales` holds the multipliers 1/τ_k (100 for
+DataCompDR's teachers, 70/60 for MobileCLIP2's).
+
+Checkpoints are ours (a run folder or one of its `step_*.pt` files) or an open_clip state dict whose keys are
+`visual.*` / `text.*` (open_clip's CustomTextCLIP, which is what the factory's MobileCLIP towers are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from torch import nn
+
+from ablate.core.checkpoint import latest_checkpoint
+from ablate.core.config import TeacherSpec
+from ablate.core.config_io import ConfigError
+from ablate.core.data.pixels import to_model_input
+from ablate.core.models import CLIP, create_model
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        latest = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"teacher checkpoint: {path} is a folder without step_*.pt checkpoints")
+        return latest.path
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint: {path} does not exist")
+    return path
+
+
+def load_teacher(spec: TeacherSpec) -> CLIP:
+    """Build `spec.model` and load its weights; frozen and in eval mode."""
+    model = create_model(spec.model)
+    path = checkpoint_file(spec.checkpoint)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state.get("model", state.get("state_dict", state))
+    weights = {key.removeprefix("module."): value for key, value in weights.items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"teacher checkpoint {path} does not fit model {spec.model!r}: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    return model.eval().requires_grad_(False)
+
+
+def embedding_dim(model: CLIP) -> int:
+    """Width of the model's joint embedding, found by encoding one caption (towers do not agree on a name)."""
+    with torch.no_grad():
+        return model.encode_text(torch.zeros(1, model.inputs.context_length, dtype=torch.long)).shape[-1]
+
+
+class TeacherEnsemble(nn.Module):
+    """K frozen teachers -> concatenated unit-norm embeddings; never trained, never in train mode."""
+
+    def __init__(self, members: Sequence[CLIP], logit_scales: Sequence[float], names: Sequence[str]) -> None:
+        super().__init__()
+        if not members or len(members) != len(logit_scales):
+            raise ValueError(f"need one logit scale per teacher, got {len(members)} teachers, {list(logit_scales)}")
+        self.members = nn.ModuleList(members).eval().requires_grad_(False)
+        self.logit_scales = [float(scale) for scale in logit_scales]
+        self.names = list(names)
+        self.dims = [embedding_dim(member) for member in members]
+        self.tokenizers = [SimpleTokenizer(context_length=member.inputs.context_length) for member in members]
+
+    @classmethod
+    def load(cls, specs: Sequence[TeacherSpec]) -> TeacherEnsemble:
+        members = [load_teacher(spec) for spec in specs]
+        return cls(members, [spec.logit_scale for spec in specs], [spec.model for spec in specs])
+
+    def train(self, mode: bool = True) -> TeacherEnsemble:
+        return super().train(False)  # teachers stay in eval mode whatever the student does
+
+    @property
+    def width(self) -> int:
+        return sum(self.dims)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """uint8 [B, 3, H, W] (one batch for all, resized per teacher) or one batch per teacher -> [B, Σ d_k]."""
+        batches = [images] * len(self.members) if isinstance(images, torch.Tensor) else list(images)
+        return torch.cat(
+            [
+                member.encode_image(to_model_input(batch, member.inputs)).float()
+                for member, batch in zip(self.members, batches, strict=True)
+            ],
+            dim=1,
+        )
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Captions -> [B, Σ d_k], each teacher with its own tokenizer context."""
+        return torch.cat(
+            [
+                member.encode_text(tokenizer(list(texts)).to(device)).float()
+                for member, tokenizer in zip(self.members, self.tokenizers, strict=True)
+            ],
+            dim=1,
+        )
+
+    @torch.no_grad()
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The student's CLIP-BPE tokens -> [B, Σ d_k], fitted to each teacher's context length."""
+        return torch.cat(
+            [
+                member.encode_text(fit_context(tokens, member.inputs.context_length, tokenizer.eot_token_id)).float()
+                for member, tokenizer in zip(self.members, self.tokenizers, strict=True)
+            ],
+            dim=1,
+        )
+
+
+def fit_context(tokens: torch.Tensor, context_length: int, eot_token_id: int) -> torch.Tensor:
+    """Pad with zeros, or truncate keeping end-of-text last, as open_clip's tokenizer does for long captions."""
+    if tokens.shape[1] >= context_length:
+        fitted = tokens[:, :context_length].clone()
+        cut = tokens[:, context_length:].ne(0).any(dim=1)
+        fitted[cut, -1] = eot_token_id
+        return fitted
+    return torch.nn.functional.pad(tokens, (0, context_length - tokens.shape[1]))
