@@ -71,9 +71,16 @@ def latest_checkpoint(directory: Path) -> Checkpoint | None:
 
 
 def save_checkpoint(
-    directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, keep: int, compute_seconds: float
+    directory: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    keep: int,
+    compute_seconds: float,
+    extra: dict | None = None,
 ) -> Path:
-    """`compute_seconds`: wall time trained so far over all attempts, so accounting survives resumes."""
+    """`compute_seconds`: wall time trained so far over all attempts, so accounting survives resumes.
+    `extra`: state that must be restored before the model can be (e.g. the architecture after pruning)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
     temporary = path.with_suffix(".pt.tmp")
@@ -83,12 +90,18 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "rng": capture_rng(),
         "compute_seconds": float(compute_seconds),
+        "extra": extra or {},
     }
     torch.save(state, temporary)
     temporary.replace(path)
     for old in list_checkpoints(directory)[:-keep]:
         old.path.unlink(missing_ok=True)
     return path
+
+
+def checkpoint_extra(path: Path) -> dict:
+    """The `extra` state saved with a checkpoint ({} for checkpoints that have none)."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("extra", {})
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:

@@ -10,13 +10,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are rejected and assignments are re-validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+from ablate.core.compression.config import CompressionConfig
+from ablate.core.config_base import StrictModel
 
 
 class TextTowerConfig(StrictModel):
@@ -199,6 +196,7 @@ class TrainConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     teachers: TeachersConfig = Field(default_factory=TeachersConfig)
+    compression: CompressionConfig | None = Field(None, description="TinyCLIP masks and stages; None: dense")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -219,6 +217,29 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"loss.lambda is {self.loss.lambda_} but there is nothing to distil from: set data.reinforcement "
                 "(stored teacher embeddings) or teachers.mode: online"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _compression_fits_the_run(self) -> TrainConfig:
+        compression = self.compression
+        if compression is None:
+            return self
+        if compression.schedule is not None and not compression.stages:
+            compression.stages = compression.stages_for(self.train.steps)
+        if compression.total_steps != self.train.steps:
+            raise ValueError(
+                f"compression.stages last {compression.total_steps} steps in all but train.steps is {self.train.steps}"
+            )
+        if self.loss.lambda_ == 0 or self.loss.alpha == 0:
+            raise ValueError(
+                f"compression needs loss.lambda > 0 and loss.alpha > 0: the sparsity loss is weighted by λ·α "
+                f"(got lambda={self.loss.lambda_}, alpha={self.loss.alpha})"
+            )
+        if compression.inherit == "auto" and compression.teacher_model not in (None, self.model.name):
+            raise ValueError(
+                f"compression.inherit is auto, so the student is the teacher: model.name ({self.model.name!r}) must "
+                f"be compression.teacher_model ({compression.teacher_model!r})"
             )
         return self
 

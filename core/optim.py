@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +17,11 @@ def exclude_from_decay(name: str, parameter: nn.Parameter) -> bool:
     return parameter.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, config: OptimConfig, extra_groups: Sequence[dict[str, Any]] = ()
+) -> torch.optim.AdamW:
+    """AdamW over the model's parameters plus `extra_groups` (e.g. compression masks and multipliers, which carry
+    their own LR and `constant_lr`)."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
@@ -23,6 +29,7 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
+        *extra_groups,
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
 
@@ -37,5 +44,7 @@ def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Schedule the model's groups; groups flagged `constant_lr` keep theirs (TinyCLIP's masks and λs)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if not group.get("constant_lr", False):
+            group["lr"] = lr

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from ablate.core.compression.hard_concrete import CODE_LOG_ALPHA_INIT
 from ablate.core.compression.structure import MASK_KINDS, MaskKind
-from ablate.core.config import StrictModel
+from ablate.core.config_base import StrictModel
 
 _PRESETS: dict[str, dict[str, float]] = {
     "code": {"mask_lr": 0.02, "lagrangian_lr": 0.02, "lambda_init": 10.0, "log_alpha_init": CODE_LOG_ALPHA_INIT},
@@ -53,7 +53,15 @@ class CompressionStage(StrictModel):
 class CompressionConfig(StrictModel):
     """Masks, Lagrangian, schedule and weight inheritance of a compression run."""
 
-    stages: list[CompressionStage] = Field(min_length=1)
+    stages: list[CompressionStage] = Field(default_factory=list, description="explicit stages; or use schedule")
+    schedule: list[float] | None = Field(
+        None,
+        description="stage targets, e.g. [0.25, 0.5, 0.75]: stages split train.steps evenly (one study value)",
+    )
+    mask_fraction: float = Field(0.5, gt=0, le=1, description="schedule: share of each stage spent in the mask phase")
+    q_warmup_fraction: float = Field(
+        0.5, ge=0, le=1, description="schedule: share of each mask phase over which q ramps up"
+    )
     start_sparsity: float = Field(0.0, ge=0, lt=1, description="q at the start of the first stage's ramp")
     image_masks: list[MaskKind] = Field(default_factory=lambda: list(MASK_KINDS), description="[] = image unmasked")
     text_masks: list[MaskKind] = Field(default_factory=lambda: list(MASK_KINDS), description="[] = text unmasked")
@@ -66,18 +74,29 @@ class CompressionConfig(StrictModel):
     inherit: Literal["none", "manual", "auto"] = Field(
         "none", description="manual: layer subsampling + front slicing of a teacher; auto: masks on a teacher copy"
     )
-    teacher_checkpoint: str | None = Field(None, description="the model inherited from (manual / auto)")
+    teacher_checkpoint: str | None = Field(
+        None, description="the model inherited from (manual / auto); `bundled`: the bundled benchmark's teacher 0"
+    )
+    teacher_model: str | None = Field(None, description="its factory name (default: the bundled teacher's)")
 
     @model_validator(mode="after")
     def _consistent(self) -> CompressionConfig:
+        if not self.stages and not self.schedule:
+            raise ValueError("give either stages (explicit) or schedule (stage targets, e.g. [0.5])")
+        if self.stages and self.schedule and [s.target_sparsity for s in self.stages] != self.schedule:
+            raise ValueError(f"schedule {self.schedule} and stages name different targets: give only one of them")
+        targets = [(f"stages[{i}].target_sparsity", s.target_sparsity) for i, s in enumerate(self.stages)]
+        targets = targets or [(f"schedule[{i}]", q) for i, q in enumerate(self.schedule or [])]
         previous, previous_name = self.start_sparsity, "start_sparsity"
-        for i, stage in enumerate(self.stages):
-            if stage.target_sparsity <= previous:
+        for name, target in targets:
+            if not 0 <= target < 1:
+                raise ValueError(f"{name} ({target}) must lie in [0, 1)")
+            if target <= previous:
                 raise ValueError(
-                    f"stages[{i}].target_sparsity ({stage.target_sparsity}) must be greater than "
-                    f"{previous_name} ({previous}): stage targets increase strictly"
+                    f"{name} ({target}) must be greater than {previous_name} ({previous}): stage targets increase "
+                    "strictly"
                 )
-            previous, previous_name = stage.target_sparsity, f"stages[{i}].target_sparsity"
+            previous, previous_name = target, name
         for name in ("image_masks", "text_masks"):
             kinds = getattr(self, name)
             if len(set(kinds)) != len(kinds):
@@ -92,6 +111,23 @@ class CompressionConfig(StrictModel):
         if self.lambda_init is not None and not math.isfinite(self.lambda_init):
             raise ValueError(f"lambda_init must be finite, got {self.lambda_init}")
         return self
+
+    def stages_for(self, total_steps: int) -> list[CompressionStage]:
+        """`schedule` as stages: equal shares of the run (the last takes the remainder), each pruned after
+        `mask_fraction` of it with q ramping over `q_warmup_fraction` of the mask phase."""
+        targets = self.schedule or []
+        share = total_steps // len(targets)
+        if share < 2:
+            raise ValueError(f"schedule {targets} needs at least 2 steps per stage, train.steps is {total_steps}")
+        stages = []
+        for index, target in enumerate(targets):
+            steps = share if index < len(targets) - 1 else total_steps - share * (len(targets) - 1)
+            mask_steps = max(1, min(steps, round(self.mask_fraction * steps)))
+            warmup = round(self.q_warmup_fraction * mask_steps)
+            stages.append(
+                CompressionStage(target_sparsity=target, steps=steps, mask_steps=mask_steps, q_warmup_steps=warmup)
+            )
+        return stages
 
     def resolved(self, name: Literal["mask_lr", "lagrangian_lr", "lambda_init", "log_alpha_init"]) -> float:
         """The field's value, or the `hyperparameters` preset's when it is None."""
