@@ -194,7 +194,9 @@ class ExecutorSpec(_Strict):
         None, ge=1, description="local: default the machine's cores / parallel; slurm: use slurm.cpus_per_task"
     )
     timeout_min: int = Field(120, ge=1, description="time limit of each job (sbatch --time on SLURM)")
-    poll_seconds: float = Field(2.0, gt=0, description="how often job states are read (one query for all jobs)")
+    poll_seconds: float | None = Field(
+        None, gt=0, description="how often job states are read, one query for all jobs; default 2 s, SLURM 10 s"
+    )
     retries: int = Field(1, ge=0, description="reruns of a failed job, each resuming from its last checkpoint")
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
 
@@ -202,6 +204,8 @@ class ExecutorSpec(_Strict):
     def _threads_from_allocation(self) -> ExecutorSpec:
         if self.kind == "slurm" and self.threads_per_trial is not None:
             raise ValueError("with kind 'slurm' a trial's threads are its slurm.cpus_per_task; drop threads_per_trial")
+        if self.poll_seconds is None:  # sacct is a call to the accounting database: keep it light on clusters
+            self.poll_seconds = 10.0 if self.kind == "slurm" else 2.0
         return self
 
 

@@ -54,6 +54,13 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def slurm_job_id() -> str | None:
+    """`ARRAY_TASK` for array tasks: their own SLURM_JOB_ID can equal the array's id (`scancel` would hit all)."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def read_result(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / RESULT_RECORD
     return json.loads(path.read_text()) if path.is_file() else None
@@ -97,7 +104,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         config = TrainConfig.model_validate(self.config)
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "")
+        job_id = slurm_job_id() or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "")
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # set by SLURM on a requeued job
         write_json_atomically(
             run_dir / JOB_RECORD,

@@ -11,25 +11,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
 from train_helpers import fast_config, trial_runs, write_study_yaml
+from typer.testing import CliRunner
 
+from ablate.ablations.cli import app
+from ablate.ablations.control import live_job
 from ablate.ablations.scheduler import LaunchResult, launch, prepare
 from ablate.ablations.trial import JOB_RECORD
 from ablate.core.checkpoint import latest_checkpoint
 from ablate.core.config_io import ConfigError
+from ablate.slurm.executors import make_executor
 
 pytestmark = pytest.mark.slow
 OBJECTIVE = "eval/zeroshot/mean_top1"
@@ -89,6 +95,11 @@ def sacct_rows(job_ids: list[str], fields: str) -> list[dict[str, str]]:
     ).stdout
     header, *lines = out.strip().splitlines()
     return [dict(zip(header.split("|"), line.split("|"), strict=True)) for line in lines]
+
+
+def optuna_study(path: Path) -> optuna.Study:
+    spec, _ = prepare(path)
+    return optuna.load_study(study_name=spec.name, storage=spec.open_optuna_storage())
 
 
 def job_record(run_dir: Path) -> dict:
@@ -155,10 +166,8 @@ def test_plain_sbatch_parameters_pass(tmp_path: Path) -> None:
 
 # -- the cluster itself ---------------------------------------------------------------------------------------
 def test_cluster_status_reports_every_daemon(slurm_cluster: dict) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ablate", "cluster", "status", "--json"], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(app, ["cluster", "status", "--json"])
+    assert done.exit_code == 0, done.output
     info = json.loads(done.stdout)
     assert info["ready"] and all(info["daemons"].values())
     assert subprocess.run(["sacctmgr", "-n", "show", "cluster"], capture_output=True).returncode == 0
@@ -187,8 +196,11 @@ def served_study(slurm_cluster: dict, tmp_path_factory: pytest.TempPathFactory, 
         result = launch(path, Console(quiet=True))
         yield path, result
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def test_study_runs_two_at_a_time_and_reports_like_a_local_one(served_study) -> None:
@@ -220,21 +232,191 @@ def test_compute_comes_from_slurm_accounting(served_study) -> None:
     expected_total = 0.0
     for run in runs:
         job_id = job_record(Path(run.data.tags["ablate.run_dir"]))["job_id"]
-        array_job = next(iter(json.loads((Path(run.data.tags["ablate.run_dir"]) / "slurm_usage.json").read_text())))
-        (row,) = [r for r in sacct_rows([array_job], "JobID,ElapsedRaw,AllocCPUS,JobIDRaw") if r["JobIDRaw"] == job_id]
+        (row,) = [r for r in sacct_rows([job_id], "JobID,ElapsedRaw,AllocCPUS") if r["JobID"] == job_id]
         cpu_hours = int(row["ElapsedRaw"]) * int(row["AllocCPUS"]) / 3600
         assert run.data.metrics["slurm/cpu_hours"] == pytest.approx(cpu_hours)
         assert run.data.metrics["slurm/gpu_hours"] == 0 and run.data.metrics["slurm/runs"] == 1
         expected_total += cpu_hours
     spec, _ = prepare(path)
-    done = subprocess.run(
-        [sys.executable, "-m", "ablate", "status", "on-slurm", "--json", "--runs-root", spec.runs_root],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(app, ["status", "on-slurm", "--json", "--runs-root", spec.runs_root])
+    assert done.exit_code == 0, done.output
     status = json.loads(done.stdout)
     assert status["trials"] == {"complete": 3} and status["compute_accounted_by"] == {"slurm": 3}
     assert status["cpu_hours"] == pytest.approx(expected_total) and expected_total > 0
     MEASUREMENTS["study_cpu_hours_from_sacct"] = status["cpu_hours"]
+
+
+# -- requeue resumes: by scontrol requeue, and at a short --time limit ----------------------------------------
+# The same configuration three times: an uninterrupted reference, one requeued by hand after its first
+# checkpoint, one whose 1-minute limit interrupts it. A time-limit signal is delivered by slurmctld's 30 s
+# periodic check, so with --time=1 and USR2 50 s before the end it lands 10-40 s into the job: the training
+# is sized to still be running then, whatever the check's phase.
+REQUEUE_TRAIN = {"steps": 160, "batch_size": 8, "eval_every": 160, "log_every": 10, "checkpoint_every": 10}
+
+
+@pytest.fixture(scope="module")
+def requeued(slurm_cluster: dict, tmp_path_factory: pytest.TempPathFactory, shapes_root: Path):
+    by_hand = slurm_study(
+        tmp_path_factory.mktemp("requeue"),
+        shapes_root,
+        "requeue",
+        REQUEUE_TRAIN,
+        baselines={"reference": {"overrides": {}}},
+        budget={"trials": 1, "parallel": 2},
+    )
+    time_limit = slurm_study(
+        tmp_path_factory.mktemp("time-limit"),
+        shapes_root,
+        "time-limit",
+        REQUEUE_TRAIN,
+        executor={
+            "kind": "slurm",
+            "poll_seconds": 1.0,
+            "timeout_min": 1,
+            "retries": 0,
+            "slurm": {"cpus_per_task": 1, "signal_delay_s": 50, "max_requeues": 6},
+        },
+    )
+    first, first_outcome = launch_in_thread(by_hand)
+    second, second_outcome = launch_in_thread(time_limit)
+    trial_dir = prepare(by_hand)[0].run_folder.resolve() / "trials" / "00000" / "seed-0"
+    wait_until(lambda: latest_checkpoint(trial_dir / "checkpoints") is not None, 600, "a first checkpoint")
+    step_at_requeue = latest_checkpoint(trial_dir / "checkpoints").step
+    subprocess.run(["scontrol", "requeue", job_record(trial_dir)["job_id"]], check=True, timeout=60)
+    first.join(timeout=900)
+    second.join(timeout=900)
+    assert first_outcome and second_outcome, "a launcher did not finish"
+    return {"by_hand": by_hand, "time_limit": time_limit, "step_at_requeue": step_at_requeue}
+
+
+def final_metrics(run_dir: Path) -> dict[str, float]:
+    metrics = json.loads((run_dir / "result.json").read_text())["metrics"]
+    return {key: value for key, value in metrics.items() if key.startswith("eval/")}
+
+
+def job_logs(spec_path: Path) -> str:
+    jobs = prepare(spec_path)[0].run_folder / "jobs"
+    return "\n".join(path.read_text(errors="replace") for path in sorted(jobs.glob("*_log.*")))
+
+
+def assert_resumed_run(path: Path, run_dir: Path, reference: Path) -> None:
+    """One MLflow run that finished after its restarts, with the reference's final metrics."""
+    assert final_metrics(run_dir) == pytest.approx(final_metrics(reference), abs=1e-6)
+    (run,) = [r for r in trial_runs(path) if r.data.tags.get("ablate.trial_number") == "0"]
+    assert run.info.status == "FINISHED" and run.data.tags["ablate.state"] == "finished"
+    assert run.data.tags["ablate.resumed"] == "true" and "ablate.error" not in run.data.tags
+    assert int(run.data.tags["ablate.slurm_restarts"]) == job_record(run_dir)["slurm_restarts"] >= 1
+    assert run.data.metrics["slurm/runs"] == job_record(run_dir)["slurm_restarts"] + 1
+    assert run.data.params["train.steps"] == str(REQUEUE_TRAIN["steps"])  # params were not logged twice
+
+
+def test_scontrol_requeue_resumes_and_matches_an_uninterrupted_run(requeued: dict) -> None:
+    path = requeued["by_hand"]
+    folder = prepare(path)[0].run_folder.resolve()
+    trial_dir, reference = folder / "trials" / "00000" / "seed-0", folder / "baselines" / "reference" / "seed-0"
+    assert_resumed_run(path, trial_dir, reference)
+    assert job_record(trial_dir)["slurm_restarts"] == 1
+    resumed_at = [int(step) for step in _resumed_steps(job_logs(path))]
+    assert resumed_at and resumed_at[0] >= requeued["step_at_requeue"] > 0
+    assert resumed_at[0] < REQUEUE_TRAIN["steps"]
+
+
+def test_time_limit_requeues_and_matches_an_uninterrupted_run(requeued: dict) -> None:
+    path = requeued["time_limit"]
+    trial_dir = prepare(path)[0].run_folder.resolve() / "trials" / "00000" / "seed-0"
+    reference = prepare(requeued["by_hand"])[0].run_folder.resolve() / "baselines" / "reference" / "seed-0"
+    assert_resumed_run(path, trial_dir, reference)
+    logs = job_logs(path)
+    assert "this job is timed-out" in logs and "Requeued job" in logs
+    MEASUREMENTS["time_limit_restarts"] = job_record(trial_dir)["slurm_restarts"]
+
+
+def _resumed_steps(log: str) -> list[str]:
+    """Steps the trainer resumed from, from its start line `run ...: <model> from step N/M ...`."""
+    return [match for match in re.findall(r"from step (\d+)/", log) if match != "0"]
+
+
+# -- no zombies: jobs that end without a result are failed within one poll interval ------------------------
+def test_crashed_and_cancelled_jobs_fail_within_one_poll_and_the_study_goes_on(
+    slurm_cluster: dict, tmp_path: Path, shapes_root: Path
+) -> None:
+    # Grid order: trials 0 and 1 train "forever" (until the test ends them), trial 2 runs 6 steps.
+    path = slurm_study(
+        tmp_path,
+        shapes_root,
+        "zombies",
+        {"steps": 6, "batch_size": 8, "eval_every": 6, "log_every": 2, "checkpoint_every": 6},
+        search_space={"train.steps": {"type": "categorical", "choices": [100000, 100001, 6]}},
+        budget={"trials": 3, "parallel": 2},
+    )
+    poll = prepare(path)[0].executor.poll_seconds
+    thread, outcome = launch_in_thread(path)
+    trials = tmp_path / "runs" / "zombies" / "trials"
+    crashed, cancelled = trials / "00000" / "seed-0", trials / "00001" / "seed-0"
+    wait_until(lambda: (crashed / JOB_RECORD).is_file() and (cancelled / JOB_RECORD).is_file(), 600, "both jobs")
+    crash_at = datetime.now()
+    os.kill(job_record(crashed)["pid"], signal.SIGKILL)
+    cancel_at = datetime.now()
+    subprocess.run(["scancel", job_record(cancelled)["job_id"]], check=True, timeout=60)
+    thread.join(timeout=600)
+    assert outcome, "the launcher did not finish"
+    assert sorted((o.label, o.state) for o in outcome[0].outcomes) == [
+        ("trial 0", "failed"),
+        ("trial 1", "failed"),
+        ("trial 2", "complete"),
+    ]
+    zero, one, two = optuna_study(path).trials
+    assert zero.state == one.state == TrialState.FAIL and two.state == TrialState.COMPLETE
+    assert "ended FAILED" in zero.user_attrs["error"] and "ended CANCELLED" in one.user_attrs["error"]
+    latencies = [
+        (zero.datetime_complete - crash_at).total_seconds(),
+        (one.datetime_complete - cancel_at).total_seconds(),
+    ]
+    MEASUREMENTS["ended_job_to_failed_trial_seconds (poll 1 s)"] = [round(x, 2) for x in latencies]
+    assert max(latencies) <= poll + 2.0  # one poll interval, plus sacct seeing the end
+    assert live_job(crashed) is None and live_job(cancelled) is None  # nothing left training
+
+
+# -- polling load: one sacct call per poll, however many jobs -----------------------------------------------
+def dbd_job_queries() -> int:
+    """How many job queries (sacct) slurmdbd has answered, from its own RPC statistics."""
+    stats = subprocess.run(["sacctmgr", "show", "stats"], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in stats.splitlines() if "DBD_GET_JOBS_COND" in line)
+    return int(line.split("count:")[1].split()[0])
+
+
+def test_polling_twenty_queued_jobs_costs_one_query_per_interval(slurm_cluster: dict, tmp_path: Path) -> None:
+    slurm = {
+        "max_requeues": 0,
+        "cpus_per_task": 1,
+        "array_parallelism": 20,
+        "signal_delay_s": 30,
+        "additional_parameters": {"hold": True},  # queued, never started
+    }
+    executor = make_executor("slurm", tmp_path / "jobs", 5, slurm)
+    jobs = executor.submit([print] * 20)
+    try:
+        interval, duration = 0.5, 6.0
+        before, started, polls = dbd_job_queries(), time.monotonic(), 0
+        while time.monotonic() - started < duration:
+            assert executor.poll(jobs) == {}  # all pending
+            polls += 1
+            time.sleep(interval)
+        ours_per_minute = executor.accounting.calls * 60 / (time.monotonic() - started)
+        answered = dbd_job_queries() - before
+        # submitit's own way: job.done() on each job, each poll (its watcher batches, on its own schedule).
+        watcher = type(jobs[0]).watcher
+        calls_before, started = watcher.num_calls, time.monotonic()
+        while time.monotonic() - started < duration:
+            assert not any(job.done() for job in jobs)
+            time.sleep(interval)
+        submitit_per_minute = (watcher.num_calls - calls_before) * 60 / (time.monotonic() - started)
+    finally:
+        subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False, timeout=60)
+    MEASUREMENTS["sacct_calls_per_minute_20_queued (poll 0.5 s)"] = {
+        "ablate": round(ours_per_minute, 1),
+        "submitit_watcher": round(submitit_per_minute, 1),
+        "one_call_per_job_would_be": round(20 * ours_per_minute, 1),
+    }
+    assert executor.accounting.calls == polls  # one sacct per poll for all 20 jobs, not one per job
+    assert answered == polls  # and slurmdbd saw exactly those queries
