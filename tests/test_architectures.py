@@ -3,6 +3,8 @@ of every tower kind, and the model-config axes reaching the towers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from open_clip.transformer import TextTransformer
@@ -13,9 +15,16 @@ from ablate.core.config_io import ConfigError
 from ablate.core.models import create_model
 from ablate.core.models.attention import Attention, AttentionSpec
 from ablate.core.models.build import build_model
-from ablate.core.models.efficiency import parameter_breakdown
+from ablate.core.models.efficiency import fixed_threads, parameter_breakdown
 from ablate.core.models.reparam import count_reparameterizable, reparameterize
 from ablate.core.models.text import TextEncoder, TextRepMixer, TextSpec
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine, 2 threads wait on each other at every small op."""
+    with fixed_threads(1):
+        yield
 
 
 def meta_counts(name: str) -> dict[str, int]:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from ablate.core.models.attention import Attention, AttentionSpec, SpatialAttention, sigmoid_attention, swap_attention
+from ablate.core.models.efficiency import fixed_threads
 from ablate.core.models.text import TextEncoder, TextSpec
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine, 2 threads wait on each other at every small op."""
+    with fixed_threads(1):
+        yield
 
 
 def test_sigmoid_attention_by_hand() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,19 @@ from ablate.core.models.efficiency import (
     efficiency_metric_names,
     efficiency_metrics,
     example_inputs,
+    fixed_threads,
     macs,
 )
 from ablate.core.models.export import PROGRAM_NAME, load_exported, max_output_difference
 from ablate.core.trainer import Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine, 2 threads wait on each other at every small op."""
+    with fixed_threads(1):
+        yield
+
 
 runner = CliRunner()
 
@@ -84,6 +94,8 @@ def test_export_a_trained_run_folds_branches_and_keeps_outputs(tmp_path: Path, s
     overrides = {
         "model.name": "mobileclip-tiny",
         "train.steps": 4,
+        "train.threads": 1,
+        "optim.warmup_steps": 1,
         "train.batch_size": 16,
         "train.eval_every": 4,
         "train.checkpoint_every": 4,
@@ -113,8 +125,11 @@ def test_export_a_trained_run_folds_branches_and_keeps_outputs(tmp_path: Path, s
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="the trainer still calls create_model(name); switch it to build_model")
 def test_sigmoid_attention_trains_on_the_bundled_benchmark(tmp_path: Path, shapes_root: Path) -> None:
-    """`tiny` with sigmoid attention in all 7 blocks (ViT and text): the contrastive loss falls from ≈ ln 32."""
-    config = TrainConfig.model_validate(fast_config(tmp_path, shapes_root, {"model.attention": "sigmoid"}))
+    """`tiny` with sigmoid attention in all 7 blocks (ViT and text) trains stably: finite loss falling from its
+    initial ≈ 4.0 to the ln 32 plateau. (Leaving the plateau takes ~150 steps, for
+    softmax as well: test_trainer's accuracy test; comparing the two is a study, not a unit test.)"""
+    overrides = {"model.attention": "sigmoid", "train.threads": 1}
+    config = TrainConfig.model_validate(fast_config(tmp_path, shapes_root, overrides))
     trainer = Trainer(config)
     result = trainer.run()
     blocks = [m for m in trainer.model.modules() if isinstance(m, Attention)]
@@ -122,4 +137,4 @@ def test_sigmoid_attention_trains_on_the_bundled_benchmark(tmp_path: Path, shape
     client = MlflowClient(tracking_uri=config.tracking.uri)
     losses = [m.value for m in sorted(client.get_metric_history(result.run_id, "train/loss"), key=lambda m: m.step)]
     assert all(math.isfinite(loss) for loss in losses)
-    assert losses[0] > 3.0 and losses[-1] < losses[0] - 0.5, losses
+    assert losses[-1] < losses[0] - 0.3 and losses[-1] < math.log(32) + 0.05, losses
