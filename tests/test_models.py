@@ -49,6 +49,7 @@ def test_mobileclip2_s0_builds_offline(no_network: None) -> None:
 
 def test_registry_lists_mobileclip_family_and_rejects_unknown_names() -> None:
     names = {entry.name for entry in list_models()}
-    assert {"tiny", "small", "MobileCLIP-S1", "MobileCLIP2-S0", "MobileCLIP-B"} <= names
+    assert {"tiny", "small", "MobileCLIP-S1", "MobileCLIP2-S0", "MobileCLIP-B", "MobileCLIP-S0"} <= names
+    assert {"mci-tiny", "mct-tiny", "mobileclip-tiny"} <= names
     with pytest.raises(UnknownModelError, match=r"tinyy.*available: .*tiny"):
         create_model("tinyy")
