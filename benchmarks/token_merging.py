@@ -1,7 +1,8 @@
 """Token merging's speed/fidelity trade-off for image towers (ViT, MCi) and for teacher embedding during
 reinforcement. A benchmark, not a test: run it by hand (random init unless a checkpoint is given).
 
-For every r in a sweep: images/s (median of timed batches after warm-up), speed-up over r = 0, and the cosine
+For every r in a sweep: forward GFLOPs (FlopCounterMode) and their ratio to r = 0, images/s and speed-up over
+r = 0 (best of interleaved timed batches), and the cosine
 of the merged model's embeddings to the exact ones (same weights, same inputs: rendered shapes-benchmark
 images, which have the redundant backgrounds merging exploits). With `--checkpoint RUN_DIR --model NAME` the
 zero-shot accuracy on the shapes val split is reported per r as well. Timing: exact and merged forwards of
@@ -70,6 +71,15 @@ def best_times(runs: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return best
 
 
+def gflops(run: Callable[[], object], items: int) -> float:
+    """Forward GFLOPs per item, counted by torch's FlopCounterMode (independent of machine load)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops() / items / 1e9
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     values = F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=-1)
     return float(values.mean()), float(values.min())
@@ -110,7 +120,10 @@ def sweep_tower(name: str, tower: torch.nn.Module, images: torch.Tensor, rs: lis
                     return tower(images)
 
                 times = best_times({"exact": off, "merged": on}, repeats)
-            row = {"tower": name, "r": r, "images_per_s": len(images) / times["merged"]}
+                flops = gflops(on, len(images))
+                exact_flops = gflops(off, len(images))
+            row = {"tower": name, "r": r, "gflops": flops, "flop_ratio": exact_flops / flops}
+            row["images_per_s"] = len(images) / times["merged"]
             row["speedup"] = times["exact"] / times["merged"]
             row["cos_mean"], row["cos_min"] = cosine(out, exact)
             if exact_mixers:
@@ -155,12 +168,14 @@ def reinforcement_sweep(rs: list[int], samples: int, repeats: int) -> list[dict]
                     return embed()
 
                 times = best_times({"exact": off, "merged": on}, repeats)
+                flop_ratio = gflops(off, samples) / gflops(on, samples)
             image_cos, text_cos = cosine(image, exact_image), cosine(text, exact_text)
             rows.append(
                 {
                     "r": r,
                     "samples_per_s": samples / times["merged"],
                     "speedup": times["exact"] / times["merged"],
+                    "flop_ratio": flop_ratio,
                     "image_cos_mean": image_cos[0],
                     "image_cos_min": image_cos[1],
                     "text_cos_mean": text_cos[0],
