@@ -123,7 +123,6 @@ def test_export_a_trained_run_folds_branches_and_keeps_outputs(tmp_path: Path, s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the trainer still calls create_model(name); switch it to build_model")
 def test_sigmoid_attention_trains_on_the_bundled_benchmark(tmp_path: Path, shapes_root: Path) -> None:
     """`tiny` with sigmoid attention in all 7 blocks (ViT and text) trains stably: finite loss falling from its
     initial ≈ 4.0 to the ln 32 plateau. (Leaving the plateau takes ~150 steps, for
