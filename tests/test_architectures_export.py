@@ -127,7 +127,8 @@ def test_sigmoid_attention_trains_on_the_bundled_benchmark(tmp_path: Path, shape
     """`tiny` with sigmoid attention in all 7 blocks (ViT and text) trains stably: finite loss falling from its
     initial ≈ 4.0 to the ln 32 plateau. (Leaving the plateau takes ~150 steps, for
     softmax as well: test_trainer's accuracy test; comparing the two is a study, not a unit test.)"""
-    overrides = {"model.attention": "sigmoid", "train.threads": 1}
+    overrides = {"model.attention": "sigmoid", "train.threads": 1, "train.steps": 20}
+    overrides |= {"train.eval_every": 20, "train.checkpoint_every": 20}
     config = TrainConfig.model_validate(fast_config(tmp_path, shapes_root, overrides))
     trainer = Trainer(config)
     result = trainer.run()
