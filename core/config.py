@@ -155,18 +155,50 @@ class OptimConfig(StrictModel):
 
 
 class TrainLoopConfig(StrictModel):
-    """Length of the run, batch, precision and how often to log, evaluate and checkpoint."""
+    """Length of the run, batch, precision, the step's fast paths and how often to log, evaluate and checkpoint.
+
+    `auto` fast paths resolve from the device in `core/fast_paths.py` (README, Speed): bf16 + compile +
+    channels-last (conv towers) on GPUs; fp32, eager, contiguous on CPUs; the fused AdamW on both.
+    """
 
     steps: int = Field(300, ge=1)
-    batch_size: int = Field(64, ge=2)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_size: int = Field(64, ge=2, description="the contrastive batch of one optimizer step")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; fp16 adds a GradScaler; auto: bf16 (fp16 without it) on GPU, fp32 on CPU"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch threads; default from SLURM_CPUS_PER_TASK or cores")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the model (eager fallback with one warning); auto: on GPU only"
+    )
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="NHWC image tower and batches; auto: on GPU for convolutional image towers"
+    )
+    optimizer_kernel: Literal["auto", "fused", "foreach", "for-loop"] = Field(
+        "auto", description="AdamW implementation; auto: fused where the device supports it, else foreach"
+    )
+    cpu_attention: Literal["auto", "math", "default"] = Field(
+        "auto", description="CPU attention kernel; auto: math under bf16/fp16 (CPU flash backward is slow there)"
+    )
+    accumulation_steps: int = Field(1, ge=1, description="micro-batches per step (batch_size / this each)")
+    accumulation: Literal["cached", "independent"] = Field(
+        "cached",
+        description="cached: full-batch loss and gradient via a feature cache (two forwards); independent: mean of "
+        "each micro-batch's own loss (negatives from the micro-batch only)",
+    )
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_batch(self) -> TrainLoopConfig:
+        if self.batch_size % self.accumulation_steps:
+            raise ValueError(
+                f"train.accumulation_steps ({self.accumulation_steps}) must divide train.batch_size ({self.batch_size})"
+            )
+        return self
 
 
 class EvalConfig(StrictModel):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ablate.core.config import OptimConfig
+from ablate.core.fast_paths import adamw_kernel_options, resolve_optimizer_implementation
 
 
 def exclude_from_decay(name: str, parameter: nn.Parameter) -> bool:
@@ -18,10 +19,11 @@ def exclude_from_decay(name: str, parameter: nn.Parameter) -> bool:
 
 
 def build_optimizer(
-    model: nn.Module, config: OptimConfig, extra_groups: Sequence[dict[str, Any]] = ()
+    model: nn.Module, config: OptimConfig, extra_groups: Sequence[dict[str, Any]] = (), *, kernel: str = "auto"
 ) -> torch.optim.AdamW:
     """AdamW over the model's parameters plus `extra_groups` (e.g. compression masks and multipliers, which carry
-    their own LR and `constant_lr`)."""
+    their own LR and `constant_lr`). `kernel` is `train.optimizer_kernel` (auto: fused where supported); every
+    optimizer of a run, including one rebuilt after pruning, is built here so that it applies to all."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
@@ -31,7 +33,9 @@ def build_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
         *extra_groups,
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
+    implementation = resolve_optimizer_implementation(kernel, model.parameters())
+    options = adamw_kernel_options(implementation)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, **options)
 
 
 def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:

@@ -29,6 +29,7 @@ from ablate.core.data.reinforcement_store import ReinforcementStore, TeacherLayo
 from ablate.core.data.sampler import StepBatchSampler
 from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.evaluation import evaluate, evaluation_metric_names
+from ablate.core.fast_paths import DataWaitClock, TrainStep
 from ablate.core.models import create_model, parameter_counts
 from ablate.core.objective import TeacherSource, compute_loss
 from ablate.core.optim import build_optimizer, learning_rate, set_learning_rate
@@ -73,6 +74,7 @@ class Trainer:
         self.config, self.callbacks = config, list(callbacks)
         self.threads = configure_threads(config.train.threads)
         self.device = resolve_device(config.train.device)
+        self.step = TrainStep(config.train, self.device, config.optim.grad_clip_norm)  # the fast paths
         seed_everything(config.seed)
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,7 @@ class Trainer:
             init_logit_scale=self.config.model.init_logit_scale,
             max_logit_scale=self.config.model.max_logit_scale,
         ).to(self.device)
-        self.optimizer = build_optimizer(self.model, self.config.optim)
+        self.optimizer = build_optimizer(self.model, self.config.optim, kernel=self.config.train.optimizer_kernel)
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         restored = load_checkpoint(checkpoint.path, self.model, self.optimizer) if checkpoint else (0, 0.0)
         self.start_step, self.compute_before = restored
@@ -177,8 +179,8 @@ class Trainer:
 
     def _loop(self, result: TrainResult) -> None:
         config, settings, model, optimizer = self.config, self.config.train, self.model, self.optimizer
-        bf16 = settings.precision == "bf16"
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        bf16 = self.step.precision == "bf16"  # evaluation autocasts too
+        clock = DataWaitClock()
         window_sums: dict[str, torch.Tensor] = {}  # loss terms summed on device: no host sync until the log step
         window_start, window_steps = time.perf_counter(), 0
         if self.start_step >= settings.steps:  # killed after its last checkpoint: only the final evaluation is due
@@ -186,17 +188,13 @@ class Trainer:
             return
         model.train()
         with _progress(settings.progress, settings.steps, self.start_step) as (progress, task):
-            for step, batch in enumerate(self.loader, start=self.start_step):
+            for step, batch in enumerate(clock.wrap(self.loader), start=self.start_step):
                 lr = learning_rate(step, settings.steps, config.optim)
                 set_learning_rate(optimizer, lr)
                 batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
-                with autocast:
-                    terms = compute_loss(model, batch, config.loss, self.teachers)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                if config.optim.grad_clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip_norm)
-                optimizer.step()
+                terms = self.step(  # autocast, (accumulated) backward, clip, optimizer step
+                    model, optimizer, batch, lambda m, b: compute_loss(m, b, config.loss, self.teachers)
+                )
                 model.clamp_logit_scale()
                 for name, value in terms.items():
                     window_sums[name] = window_sums.get(name, 0) + value.detach()
@@ -211,6 +209,7 @@ class Trainer:
                         "train/samples_per_s": window_steps
                         * settings.batch_size
                         / (time.perf_counter() - window_start),
+                        "train/data_wait_fraction": clock.take() / (time.perf_counter() - window_start),
                     }
                     if not math.isfinite(train_metrics["train/loss"]):
                         raise FloatingPointError(f"training loss is {train_metrics['train/loss']} at step {done}")
@@ -228,6 +227,7 @@ class Trainer:
                 if done % settings.eval_every == 0 or done == settings.steps:
                     stop = self._evaluate(done, result, bf16)
                     window_start = time.perf_counter()  # evaluation time is not training throughput
+                    clock.take()
                     if stop:
                         result.stopped_early = True
                         self._save(done)
