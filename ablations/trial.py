@@ -11,6 +11,9 @@ It is checkpointable for submitit: when SLURM preempts it or its time limit near
 `checkpoint`, which resubmits the same job, and requeues it; the requeued job (like one requeued by
 `scontrol requeue` or after a node failure) resumes from the run folder's latest checkpoint and continues the
 same MLflow run, whose id the trainer keeps in the run folder.
+
+This module imports nothing heavy at the top: a job process unpickles `TrialJob` before submitit installs its
+signal handlers, so a preemption signal that arrives while torch is still loading must already find them.
 """
 
 from __future__ import annotations
@@ -23,23 +26,23 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import submitit
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 
-from ablate.ablations.optuna_study import open_study
-from ablate.ablations.spec import StudySpec
-from ablate.core.config import TrainConfig
-from ablate.core.tracking import RUN_ID_FILE
-from ablate.core.trainer import EvalCallback, train
 from ablate.slurm.accounting import Usage
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from ablate.ablations.spec import StudySpec
+    from ablate.core.config import TrainConfig
+    from ablate.core.trainer import EvalCallback
 
 JOB_RECORD = "job.json"
 RESULT_RECORD = "result.json"
 SLURM_USAGE_RECORD = "slurm_usage.json"  # {job id: Usage} of every SLURM job that ran this replicate
+RUN_ID_RECORD = "mlflow_run.json"  # written by the trainer (ablate.core.tracking.RUN_ID_FILE)
 
 
 def config_hash(params: dict[str, Any]) -> str:
@@ -79,15 +82,25 @@ def record_slurm_usage(run_dir: Path, job_id: str, usage: Usage) -> Usage:
     return Usage(*(sum(job[name] for job in jobs.values()) for name in Usage.__dataclass_fields__))
 
 
-def log_slurm_usage(run_dir: Path, tracking_uri: str, total: Usage) -> None:
-    """Log SLURM's CPU/GPU-hours to the replicate's MLflow run (if the job got far enough to open one)."""
-    record = run_dir / RUN_ID_FILE
+def tracked_run(run_dir: Path, tracking_uri: str) -> tuple[MlflowClient, str] | None:
+    """The replicate's MLflow run, if its job got far enough to open one."""
+    from mlflow.tracking import MlflowClient
+
+    record = run_dir / RUN_ID_RECORD
     if not record.is_file():
+        return None
+    return MlflowClient(tracking_uri=tracking_uri), json.loads(record.read_text())["run_id"]
+
+
+def log_slurm_usage(run_dir: Path, tracking_uri: str, total: Usage) -> None:
+    """Log SLURM's CPU/GPU-hours to the replicate's MLflow run."""
+    from mlflow.entities import Metric
+
+    if (tracked := tracked_run(run_dir, tracking_uri)) is None:
         return
-    run_id = json.loads(record.read_text())["run_id"]
+    client, run_id = tracked
     now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, 0) for key, value in total.as_metrics().items()]
-    MlflowClient(tracking_uri=tracking_uri).log_batch(run_id, metrics=metrics)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in total.as_metrics().items()])
 
 
 @dataclass
@@ -99,6 +112,10 @@ class TrialJob(submitit.helpers.Checkpointable):
     submitted_at: float  # epoch seconds when the scheduler handed it to the executor (queue + start-up time)
 
     def __call__(self) -> dict[str, Any]:
+        from ablate.ablations.spec import StudySpec
+        from ablate.core.config import TrainConfig
+        from ablate.core.trainer import train
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         spec = StudySpec.model_validate(self.spec)
         config = TrainConfig.model_validate(self.config)
@@ -142,6 +159,10 @@ class TrialJob(submitit.helpers.Checkpointable):
         return outcome
 
     def _pruning_callback(self, spec: StudySpec) -> EvalCallback:
+        import optuna
+
+        from ablate.ablations.optuna_study import open_study
+
         trial = optuna.trial.Trial(open_study(spec), self.trial_id)
         metric = spec.objectives[0].metric
 
@@ -164,11 +185,10 @@ class TrialJob(submitit.helpers.Checkpointable):
     @staticmethod
     def _clear_recovered_error(config: TrainConfig) -> None:
         """An interrupted attempt left `ablate.error` (e.g. SystemExit at a requeue); the run has now finished."""
-        record = Path(config.run_dir) / RUN_ID_FILE
-        if not (config.tracking.enabled and record.is_file()):
+        tracked = tracked_run(Path(config.run_dir), config.tracking.uri) if config.tracking.enabled else None
+        if tracked is None:
             return
-        client = MlflowClient(tracking_uri=config.tracking.uri)
-        run_id = json.loads(record.read_text())["run_id"]
+        client, run_id = tracked
         error = client.get_run(run_id).data.tags.get("ablate.error")
         if error is not None:
             client.set_tag(run_id, "ablate.recovered_error", error)
@@ -176,9 +196,8 @@ class TrialJob(submitit.helpers.Checkpointable):
 
     @staticmethod
     def _tag_run(config: TrainConfig, tags: dict[str, str]) -> None:
-        record = Path(config.run_dir) / RUN_ID_FILE
-        if config.tracking.enabled and record.is_file():
-            client = MlflowClient(tracking_uri=config.tracking.uri)
-            run_id = json.loads(record.read_text())["run_id"]
+        tracked = tracked_run(Path(config.run_dir), config.tracking.uri) if config.tracking.enabled else None
+        if tracked is not None:
+            client, run_id = tracked
             for key, value in tags.items():
                 client.set_tag(run_id, key, value)

@@ -263,14 +263,21 @@ def _start_slurm_daemon(config: ClusterConfig, daemon: str) -> None:
     _wait_for(lambda: recorded_pid(config, daemon) is not None, 30, f"{daemon} start", config.log_file(daemon))
 
 
+def _answers(command: list[str], config: ClusterConfig) -> str | None:
+    """The command's output, or None when it fails or is not installed."""
+    try:
+        done = subprocess.run(command, env=client_env(config), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
 def _dbd_answers(config: ClusterConfig) -> bool:
-    done = subprocess.run(["sacctmgr", "-n", "show", "cluster"], env=client_env(config), capture_output=True)
-    return done.returncode == 0
+    return _answers(["sacctmgr", "-n", "show", "cluster"], config) is not None
 
 
 def _node_idle(config: ClusterConfig) -> bool:
-    done = subprocess.run(["sinfo", "-h", "-o", "%t"], env=client_env(config), capture_output=True, text=True)
-    return done.returncode == 0 and done.stdout.strip() in {"idle", "mix", "alloc"}
+    return (_answers(["sinfo", "-h", "-o", "%t"], config) or "").strip() in {"idle", "mix", "alloc"}
 
 
 def up(config: ClusterConfig | None = None) -> dict:

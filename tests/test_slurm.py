@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -32,9 +33,10 @@ from typer.testing import CliRunner
 from ablate.ablations.cli import app
 from ablate.ablations.control import live_job
 from ablate.ablations.scheduler import LaunchResult, launch, prepare
-from ablate.ablations.trial import JOB_RECORD
+from ablate.ablations.trial import JOB_RECORD, RUN_ID_RECORD
 from ablate.core.checkpoint import latest_checkpoint
 from ablate.core.config_io import ConfigError
+from ablate.core.tracking import RUN_ID_FILE
 from ablate.slurm.executors import make_executor
 
 pytestmark = pytest.mark.slow
@@ -164,6 +166,14 @@ def test_plain_sbatch_parameters_pass(tmp_path: Path) -> None:
     assert spec.optuna_storage.startswith("journal:")  # SLURM studies default to a journal file
 
 
+def test_trial_job_unpickles_without_heavy_imports() -> None:
+    """submitit installs its USR2 handler only after unpickling the job: that must not wait for torch to load."""
+    code = "import sys, ablate.ablations.trial; print(sorted({'torch', 'mlflow', 'optuna'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
+    assert RUN_ID_RECORD == RUN_ID_FILE
+
+
 # -- the cluster itself ---------------------------------------------------------------------------------------
 def test_cluster_status_reports_every_daemon(slurm_cluster: dict) -> None:
     done = CliRunner().invoke(app, ["cluster", "status", "--json"])
@@ -248,10 +258,11 @@ def test_compute_comes_from_slurm_accounting(served_study) -> None:
 
 # -- requeue resumes: by scontrol requeue, and at a short --time limit ----------------------------------------
 # The same configuration three times: an uninterrupted reference, one requeued by hand after its first
-# checkpoint, one whose 1-minute limit interrupts it. A time-limit signal is delivered by slurmctld's 30 s
-# periodic check, so with --time=1 and USR2 50 s before the end it lands 10-40 s into the job: the training
-# is sized to still be running then, whatever the check's phase.
-REQUEUE_TRAIN = {"steps": 160, "batch_size": 8, "eval_every": 160, "log_every": 10, "checkpoint_every": 10}
+# checkpoint, one whose 1-minute limit interrupts it. slurmctld delivers the time-limit signal at its 30 s
+# periodic check, so with --time=1 and USR2 40 s before the end it lands 20-50 s into a first run; a requeued
+# run starts ~14 s after the check that requeued it, so its signal comes at the check after next, ~46 s in
+# (a 50 s lead would land at the next check, 16 s in, before a loaded machine has even imported torch).
+REQUEUE_TRAIN = {"steps": 300, "batch_size": 8, "eval_every": 300, "log_every": 10, "checkpoint_every": 10}
 
 
 @pytest.fixture(scope="module")
@@ -274,11 +285,11 @@ def requeued(slurm_cluster: dict, tmp_path_factory: pytest.TempPathFactory, shap
             "poll_seconds": 1.0,
             "timeout_min": 1,
             "retries": 0,
-            "slurm": {"cpus_per_task": 1, "signal_delay_s": 50, "max_requeues": 6},
+            "slurm": {"cpus_per_task": 1, "signal_delay_s": 40, "max_requeues": 10},
         },
     )
+    second, second_outcome = launch_in_thread(time_limit)  # first: it has the longest way to go
     first, first_outcome = launch_in_thread(by_hand)
-    second, second_outcome = launch_in_thread(time_limit)
     trial_dir = prepare(by_hand)[0].run_folder.resolve() / "trials" / "00000" / "seed-0"
     wait_until(lambda: latest_checkpoint(trial_dir / "checkpoints") is not None, 600, "a first checkpoint")
     step_at_requeue = latest_checkpoint(trial_dir / "checkpoints").step
