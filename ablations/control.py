@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,8 +23,9 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.ablations.spec import StudySpec
-from ablate.ablations.trial import JOB_RECORD, RESULT_RECORD, read_slurm_usage
+from ablate.ablations.trial import JOB_RECORD, RESULT_RECORD, SUBMISSION_RECORD, read_slurm_usage
 from ablate.core.config_io import ConfigError
+from ablate.slurm.accounting import Accounting
 
 STUDY_RECORD = "study.json"
 CANCEL_MARKER = "CANCEL"
@@ -104,6 +106,33 @@ def stop_job_process(run_dir: Path, timeout_seconds: float = 30.0) -> bool:
     return True
 
 
+def cancel_submitted_slurm_job(run_dir: Path, timeout_seconds: float = 60.0) -> bool:
+    """Cancel the SLURM job a (dead) launcher submitted for this replicate, queued or running, and wait until
+    accounting says it ended, so that its resubmission never trains beside it."""
+    record = run_dir / SUBMISSION_RECORD
+    if not record.is_file() or (run_dir / RESULT_RECORD).is_file():
+        return False
+    job_id = json.loads(record.read_text())["job_id"]
+    accounting = Accounting()
+    job = accounting.query([job_id]).get(job_id)
+    if job is not None and not job.active:
+        return False
+    subprocess.run(["scancel", job_id], capture_output=True, timeout=60, check=False)
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        job = accounting.query([job_id]).get(job_id)
+        if job is not None and not job.active:
+            break
+        time.sleep(0.5)
+    return True
+
+
+def stop_stale_job(run_dir: Path, timeout_seconds: float = 30.0) -> bool:
+    """Whatever still runs this replicate: its SLURM job (if one was submitted), then any local process."""
+    cancelled = cancel_submitted_slurm_job(run_dir, timeout_seconds)
+    return stop_job_process(run_dir, timeout_seconds) or cancelled
+
+
 def replicate_dirs(spec: StudySpec) -> list[Path]:
     return sorted(spec.run_folder.glob("trials/*/seed-*")) + sorted(spec.run_folder.glob("baselines/*/seed-*"))
 
@@ -114,7 +143,7 @@ def request_cancel(spec: StudySpec) -> str:
     if launcher_alive(folder):
         (folder / CANCEL_MARKER).write_text(str(time.time()))
         return "asked the running launcher to cancel the study"
-    stopped = sum(stop_job_process(run_dir) for run_dir in replicate_dirs(spec))
+    stopped = sum(stop_stale_job(run_dir) for run_dir in replicate_dirs(spec))
     study = optuna.load_study(study_name=spec.name, storage=spec.open_optuna_storage())
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:

@@ -25,12 +25,19 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ablate.ablations.control import CANCEL_MARKER, STUDY_RECORD, launcher_lock, stop_job_process
+from ablate.ablations.control import CANCEL_MARKER, STUDY_RECORD, launcher_lock, stop_job_process, stop_stale_job
 from ablate.ablations.optuna_study import distributions, enqueue_grid, fixed_params, grid_points, open_study
 from ablate.ablations.parent_run import close_parent_run, open_parent_run
 from ablate.ablations.plan import check_runtime
 from ablate.ablations.spec import StudySpec, load_study
-from ablate.ablations.trial import TrialJob, log_slurm_usage, read_result, record_slurm_usage
+from ablate.ablations.trial import (
+    SUBMISSION_RECORD,
+    TrialJob,
+    log_slurm_usage,
+    read_result,
+    record_slurm_usage,
+    write_json_atomically,
+)
 from ablate.ablations.work import Group, Replicate, build_group, replicate_tree
 from ablate.core.config_io import ConfigError, validate_train_config
 from ablate.core.data.bundled import resolve_data_root
@@ -166,7 +173,7 @@ class StudyScheduler:
             trial = optuna.trial.Trial(self.study, frozen._trial_id)
             group = self._trial_group(trial, {**frozen.params, **fixed_params(self.spec)})
             for replicate in group.replicates:
-                if not replicate.finished and stop_job_process(replicate.run_dir):
+                if not replicate.finished and stop_stale_job(replicate.run_dir):
                     self.console.print(f"[yellow]{replicate.label}: stopped its job left by an earlier launch")
                     replicate.result = read_result(replicate.run_dir)  # it may have finished meanwhile
             self.console.print(f"[yellow]trial {trial.number}: resumed from an earlier launch")
@@ -216,6 +223,9 @@ class StudyScheduler:
                 f"{self.spec.name}: the {self.spec.executor.kind} executor refused the jobs: {err}"
             ) from err
         for (replicate, _), job in zip(batch, jobs, strict=True):
+            if self.spec.executor.kind == "slurm":  # so a later launcher can cancel it, even while it is queued
+                replicate.run_dir.mkdir(parents=True, exist_ok=True)
+                write_json_atomically(replicate.run_dir / SUBMISSION_RECORD, {"job_id": job.job_id})
             replicate.attempts += 1
             self.running[id(replicate)] = (replicate, job)
             attempt = f" (attempt {replicate.attempts})" if replicate.attempts > 1 else ""

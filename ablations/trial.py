@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 JOB_RECORD = "job.json"
 RESULT_RECORD = "result.json"
 SLURM_USAGE_RECORD = "slurm_usage.json"  # {job id: Usage} of every SLURM job that ran this replicate
+SUBMISSION_RECORD = "submission.json"  # the SLURM job id a launcher submitted for this replicate
 RUN_ID_RECORD = "mlflow_run.json"  # written by the trainer (ablate.core.tracking.RUN_ID_FILE)
 
 

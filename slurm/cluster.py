@@ -80,7 +80,7 @@ def ensure_installed() -> None:
     if shutil.which("apt-get") is None:
         raise ClusterError(f"missing {', '.join(missing_binaries())} and no apt-get to install {' '.join(PACKAGES)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
+    install = ["apt-get", "install", "-y", "-q", *PACKAGES]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
         done = subprocess.run(install, env=env, capture_output=True, text=True)
@@ -211,26 +211,26 @@ def _start_mariadb(config: ClusterConfig) -> None:
         install = ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db"]
         install += ["--auth-root-authentication-method=socket"]
         _run(install, config, "mariadb-install-db")
-    log = config.log_file("mariadbd").open("ab")
-    subprocess.Popen(
-        [
-            "mariadbd",
-            "--no-defaults",
-            "--user=root",
-            f"--datadir={data}",
-            "--bind-address=127.0.0.1",
-            f"--port={config.ctld_port + 3}",
-            f"--socket={_mariadb_socket(config)}",
-            f"--pid-file={config.pid_file('mariadbd')}",
-            f"--log-error={config.log_file('mariadbd')}",
-            "--skip-name-resolve",
-            "--innodb-buffer-pool-size=128M",
-            "--innodb-lock-wait-timeout=900",  # slurmdbd's recommendation
-        ],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,  # a daemon: it outlives `ablate cluster up`
-    )
+    with config.log_file("mariadbd").open("ab") as log:
+        subprocess.Popen(
+            [
+                "mariadbd",
+                "--no-defaults",
+                "--user=root",
+                f"--datadir={data}",
+                "--bind-address=127.0.0.1",
+                f"--port={config.ctld_port + 3}",
+                f"--socket={_mariadb_socket(config)}",
+                f"--pid-file={config.pid_file('mariadbd')}",
+                f"--log-error={config.log_file('mariadbd')}",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=128M",
+                "--innodb-lock-wait-timeout=900",  # slurmdbd's recommendation
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # a daemon: it outlives `ablate cluster up`
+        )
     _wait_for(_mariadb_socket(config).exists, 60, "MariaDB start", config.log_file("mariadbd"))
     password = (config.folder / "munge" / "db_password").read_text().strip()
     sql = (

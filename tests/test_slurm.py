@@ -258,11 +258,40 @@ def test_compute_comes_from_slurm_accounting(served_study) -> None:
 
 # -- requeue resumes: by scontrol requeue, and at a short --time limit ----------------------------------------
 # The same configuration three times: an uninterrupted reference, one requeued by hand after its first
-# checkpoint, one whose 1-minute limit interrupts it. slurmctld delivers the time-limit signal at its 30 s
-# periodic check, so with --time=1 and USR2 40 s before the end it lands 20-50 s into a first run; a requeued
-# run starts ~14 s after the check that requeued it, so its signal comes at the check after next, ~46 s in
-# (a 50 s lead would land at the next check, 16 s in, before a loaded machine has even imported torch).
-REQUEUE_TRAIN = {"steps": 300, "batch_size": 8, "eval_every": 300, "log_every": 10, "checkpoint_every": 10}
+# checkpoint, one whose 2-minute limit interrupts it (USR2 90 s before the limit, i.e. due 30 s in).
+# slurmctld checks time limits (and sends --signal) every 30 s from its start, so the fixture restarts it just
+# after the time-limited job starts: the first signal then lands ~30 s in, whatever the machine's speed. A
+# requeued run starts a few seconds after the check that requeued it, so its signal is due after the next
+# check and arrives ~55 s in: every later run makes progress even when start-up is slow. (A signal due
+# earlier than 31 s after start resonates with the checks: each run is cut at the very next one.)
+REQUEUE_TRAIN = {"steps": 400, "batch_size": 8, "eval_every": 400, "log_every": 10, "checkpoint_every": 10}
+
+
+def wait_until_running(job_folder: Path, timeout: float = 600) -> str:
+    """The id of the first job submitted from `job_folder`, once SLURM runs it."""
+    state: dict[str, str] = {}
+
+    def running() -> bool:
+        pickles = sorted(job_folder.glob("*_submitted.pkl"))
+        if not pickles:
+            return False
+        state["id"] = pickles[0].name.removesuffix("_submitted.pkl")
+        squeue = subprocess.run(["squeue", "-h", "-j", state["id"], "-o", "%T"], capture_output=True, text=True)
+        return squeue.stdout.strip() == "RUNNING"
+
+    wait_until(running, timeout, f"a running job from {job_folder}")
+    return state["id"]
+
+
+def restart_slurmctld() -> None:
+    """Stop slurmctld by its recorded pid and start it again (running jobs are not touched)."""
+    from ablate.slurm import cluster
+
+    config = cluster.ClusterConfig()
+    pid = cluster.recorded_pid(config, "slurmctld")
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: cluster.recorded_pid(config, "slurmctld") is None, 60, "slurmctld to stop")
+    cluster.up(config)
 
 
 @pytest.fixture(scope="module")
@@ -283,19 +312,21 @@ def requeued(slurm_cluster: dict, tmp_path_factory: pytest.TempPathFactory, shap
         executor={
             "kind": "slurm",
             "poll_seconds": 1.0,
-            "timeout_min": 1,
+            "timeout_min": 2,
             "retries": 0,
-            "slurm": {"cpus_per_task": 1, "signal_delay_s": 40, "max_requeues": 10},
+            "slurm": {"cpus_per_task": 1, "signal_delay_s": 90, "max_requeues": 20},
         },
     )
-    second, second_outcome = launch_in_thread(time_limit)  # first: it has the longest way to go
+    second, second_outcome = launch_in_thread(time_limit)
+    wait_until_running(prepare(time_limit)[0].run_folder / "jobs")
+    restart_slurmctld()
     first, first_outcome = launch_in_thread(by_hand)
     trial_dir = prepare(by_hand)[0].run_folder.resolve() / "trials" / "00000" / "seed-0"
     wait_until(lambda: latest_checkpoint(trial_dir / "checkpoints") is not None, 600, "a first checkpoint")
     step_at_requeue = latest_checkpoint(trial_dir / "checkpoints").step
     subprocess.run(["scontrol", "requeue", job_record(trial_dir)["job_id"]], check=True, timeout=60)
     first.join(timeout=900)
-    second.join(timeout=900)
+    second.join(timeout=1200)
     assert first_outcome and second_outcome, "a launcher did not finish"
     return {"by_hand": by_hand, "time_limit": time_limit, "step_at_requeue": step_at_requeue}
 
@@ -431,3 +462,26 @@ def test_polling_twenty_queued_jobs_costs_one_query_per_interval(slurm_cluster: 
     }
     assert executor.accounting.calls == polls  # one sacct per poll for all 20 jobs, not one per job
     assert answered == polls  # and slurmdbd saw exactly those queries
+
+
+def test_cancel_without_a_launcher_cancels_the_slurm_job(
+    slurm_cluster: dict, tmp_path: Path, shapes_root: Path
+) -> None:
+    """A launcher killed outright leaves its job on the cluster; `ablate cancel` finds it from the run folder."""
+    path = slurm_study(tmp_path, shapes_root, "orphan", {"steps": 100000, "eval_every": 100000})
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "ablate", "launch", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    run_dir = tmp_path / "runs" / "orphan" / "trials" / "00000" / "seed-0"
+    try:
+        wait_until(lambda: (run_dir / JOB_RECORD).is_file(), 600, "the job to start")
+    finally:
+        launcher.kill()
+        launcher.wait()
+    job_id = job_record(run_dir)["job_id"]
+    done = CliRunner().invoke(app, ["cancel", "orphan", "--runs-root", str(tmp_path / "runs")])
+    assert done.exit_code == 0 and "stopped 1 job(s)" in done.stdout, done.output
+    (row,) = sacct_rows([job_id], "JobID,State")
+    assert row["State"].startswith("CANCELLED")
+    assert optuna_study(path).trials[0].state == TrialState.FAIL
+    assert live_job(run_dir) is None
