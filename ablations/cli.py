@@ -384,6 +384,7 @@ def reinforce(
     batch_size: int = typer.Option(256, help="augmented images per teacher forward"),
     workers: int = typer.Option(1, help="processes, each reinforcing whole shards"),
     seed: int = typer.Option(0),
+    merge: int = typer.Option(0, help="run the teachers with ToMe, merging this many tokens per layer (0: exact)"),
 ) -> None:
     """Store teacher embeddings of A augmentations, the caption and S synthetic captions (DataCompDR layout)."""
     from ablate.core.bundled_teachers import bundled_reinforcement, train_teachers
@@ -398,7 +399,9 @@ def reinforce(
         if out is None:
             _fail("--out is required when SOURCE or --teacher is given")
         specs = [_teacher_spec(text, TeacherSpec) for text in teacher] if teacher else train_teachers()
-        settings = ReinforceSettings(augmentations, synthetic, embedding_format, seed=seed, batch_size=batch_size)
+        settings = ReinforceSettings(
+            augmentations, synthetic, embedding_format, seed=seed, batch_size=batch_size, token_merging_r=merge
+        )
         reinforce_dataset(source or resolve_data_root(DataConfig()), specs, out, settings, workers)
     except (ValueError, *USER_ERRORS) as err:
         _fail(str(err))

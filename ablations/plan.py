@@ -7,15 +7,19 @@ exists, every model name is in the factory, and every objective is a metric the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 
 from ablate.ablations.optuna_study import distributions, fixed_params, grid_points, make_sampler
 from ablate.ablations.spec import CategoricalParam, StudySpec
+from ablate.core.bundled_teachers import BUNDLED_RECIPE, teacher_metrics
+from ablate.core.config import TrainConfig
 from ablate.core.config_io import ConfigError, apply_overrides, validate_train_config
 from ablate.core.data.bundled import bundled_shapes_path
 from ablate.core.data.manifest import load_manifest
+from ablate.core.data.reinforcement_store import reinforcement_shards
 from ablate.core.data.shapes import zero_shot_tasks
 from ablate.core.models import list_models
 from ablate.core.trainer import result_metric_names
@@ -43,6 +47,7 @@ def check_runtime(spec: StudySpec, base: dict[str, Any], source: str) -> tuple[s
         cached = (root / "manifest.json").is_file()
         tasks = list(zero_shot_tasks())
         data = f"bundled shapes benchmark at {root} ({'cached' if cached else 'generated on first launch'})"
+    data += describe_teachers(config)
     _check_model_names(spec, base, source)
     reported = result_metric_names(tasks)
     for index, objective in enumerate(spec.objectives):
@@ -52,6 +57,19 @@ def check_runtime(spec: StudySpec, base: dict[str, Any], source: str) -> tuple[s
                 f"trainer reports (available: {', '.join(reported)})"
             )
     return data, reported
+
+
+def describe_teachers(config: TrainConfig) -> str:
+    """Where the run's teacher embeddings come from; a named reinforcement folder must exist."""
+    reinforcement = config.data.reinforcement
+    if reinforcement == "bundled" or (config.teachers.mode == "online" and config.teachers.members == "bundled"):
+        trained = teacher_metrics()
+        state = "cached" if len(trained) == len(BUNDLED_RECIPE.models) else "trained on first launch (minutes)"
+        return f"; bundled teachers ({state})"
+    if reinforcement is not None:
+        reinforcement_shards(Path(reinforcement), "train")  # FileNotFoundError names data.reinforcement
+        return f"; reinforcement {reinforcement}"
+    return ""
 
 
 def _check_model_names(spec: StudySpec, base: dict[str, Any], source: str) -> None:

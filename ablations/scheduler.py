@@ -39,6 +39,7 @@ from ablate.ablations.trial import (
     write_json_atomically,
 )
 from ablate.ablations.work import Group, Replicate, build_group, replicate_tree
+from ablate.core.bundled_teachers import prepare_teacher_data
 from ablate.core.config_io import ConfigError, validate_train_config
 from ablate.core.data.bundled import resolve_data_root
 from ablate.slurm.executors import JobEnd, make_executor, threads_per_trial
@@ -85,7 +86,9 @@ def launch(study_path: Path | str, console: Console | None = None) -> LaunchResu
         (spec.run_folder / STUDY_RECORD).write_text(recorded.model_dump_json(indent=2))
         # The stores and the bundled data are created here, once, before any worker could race on them.
         check_runtime(spec, base, str(study_path))
-        resolve_data_root(validate_train_config(base, str(study_path)).data)
+        base_config = validate_train_config(base, str(study_path))
+        resolve_data_root(base_config.data)
+        prepare_teacher_data(base_config)
         parent_run_id = open_parent_run(spec)
         return StudyScheduler(spec, base, parent_run_id, console or Console()).run()
 

@@ -27,7 +27,7 @@ class TeacherRecipe:
     """How the bundled teachers are trained; its hash names their cache folder."""
 
     models: tuple[str, ...] = ("small", "small")
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 64
     lr: float = 1e-3
     caption: str = "syn"
@@ -41,7 +41,7 @@ class TeacherRecipe:
 
 
 BUNDLED_RECIPE = TeacherRecipe()
-BUNDLED_REINFORCEMENT = ReinforceSettings(augmentations=5, synthetic_captions=None, embedding_format="pth.gz")
+BUNDLED_REINFORCEMENT = ReinforceSettings(augmentations=2, synthetic_captions=None, embedding_format="pth.gz")
 
 
 @contextmanager
@@ -136,3 +136,11 @@ def resolve_teachers(config: TrainConfig, progress: bool = True) -> list[Teacher
     """`teachers.members` as specs: `bundled` trains (or finds) the cached teachers."""
     members = config.teachers.members
     return train_teachers(progress=progress) if members == "bundled" else list(members)
+
+
+def prepare_teacher_data(config: TrainConfig, progress: bool = True) -> None:
+    """Build what `config` needs from the bundled teachers (they, and the reinforced copy) before any trial
+    starts, so that parallel trials neither race on the cache nor spend their time limit waiting for it."""
+    resolve_reinforcement(config, progress)
+    if config.teachers.mode == "online":
+        resolve_teachers(config, progress)

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from ablate.core.compression.config import CompressionConfig
 from ablate.core.config_base import StrictModel
+from ablate.core.merging.schedule import TokenMergingConfig
 
 
 class TextTowerConfig(StrictModel):
@@ -43,6 +44,9 @@ class ModelConfig(StrictModel):
     )
     qk_norm: bool = Field(False, description="LayerNorm on each head's queries and keys")
     text: TextTowerConfig = Field(default_factory=TextTowerConfig)
+    token_merging: TokenMergingConfig | None = Field(
+        None, description="ToMe schedules per tower (r per layer); applied at inference, in training if asked"
+    )
 
 
 class DataConfig(StrictModel):
@@ -72,6 +76,12 @@ class DataConfig(StrictModel):
         "random", description="which stored augmentation and synthetic caption a visit reads: random, or by epoch"
     )
     augment: bool = Field(False, description="plain runs: draw RandomResizedCrop + RandAugment views (DataCompDR's)")
+    keep_fraction: float = Field(
+        1.0, gt=0, le=1, description="train on the top fraction of samples by caption quality (needs reinforcement)"
+    )
+    quality_score: Literal["clip_score", "caption_agreement", "combined", "combined_rank"] = Field(
+        "combined", description="the ranking keep_fraction uses (core/quality; scored from the teacher embeddings)"
+    )
 
 
 class LossConfig(StrictModel):
@@ -206,6 +216,9 @@ class EvalConfig(StrictModel):
 
     batch_size: int = Field(256, ge=1)
     max_samples: int | None = Field(None, ge=1, description="evaluate on the first N val samples only")
+    efficiency: bool = Field(
+        True, description="at the end: parameters, MACs, CPU latency/throughput of the reparameterised model"
+    )
 
 
 class TrackingConfig(StrictModel):
@@ -256,6 +269,11 @@ class TrainConfig(StrictModel):
     def _compression_fits_the_run(self) -> TrainConfig:
         compression = self.compression
         if compression is None:
+            if self.loss.alpha > 0:
+                raise ValueError(
+                    f"loss.alpha is {self.loss.alpha}, but it weights the sparsity loss and the run has no compression "
+                    "section (set compression.schedule or compression.stages, or alpha: 0)"
+                )
             return self
         if compression.schedule is not None and not compression.stages:
             compression.stages = compression.stages_for(self.train.steps)
@@ -272,6 +290,15 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"compression.inherit is auto, so the student is the teacher: model.name ({self.model.name!r}) must "
                 f"be compression.teacher_model ({compression.teacher_model!r})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _quality_needs_teachers(self) -> TrainConfig:
+        if self.data.keep_fraction < 1 and self.data.reinforcement is None:
+            raise ValueError(
+                f"data.keep_fraction is {self.data.keep_fraction}: caption-quality scores come from the teachers' "
+                "stored embeddings, so set data.reinforcement"
             )
         return self
 

@@ -61,7 +61,9 @@ def evaluate(
     precision = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     images, texts, labels = [], [], []
     with precision:
-        for image, tokens, label in DataLoader(dataset, batch_size=batch_size):
+        # Its own generator: a DataLoader draws a base seed when iterated, which must not move the global RNG
+        # (masks sample from it), or how often a run evaluates would change how it trains.
+        for image, tokens, label in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
             images.append(model.encode_image(image.to(device)).float().cpu())
             texts.append(model.encode_text(tokens.to(device)).float().cpu())
             labels.append(label)

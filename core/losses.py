@@ -128,9 +128,10 @@ def combined_loss(
     """The research's objective, L = (1−λ)·L_CLIP + λ·((1−α)·L_distill + α·L_sparsity).
 
     `clip` and `distill` are already summed over the caption batches (Eq. 3: B_real + B_syn); the sparsity term
-    is a property of the model, counted once. λ = 0 is exactly the CLIP loss (no teacher is read) and α = 0 with
-    no masks is MobileCLIP's L_Total. A weight that is zero never multiplies a missing term, so a plain run needs
-    no teachers and an uncompressed run no masks.
+    is a property of the model, counted once. λ = 0 is exactly the CLIP loss (no teacher is read) and α = 0 is
+    MobileCLIP's L_Total. A weight that is zero never multiplies a missing term, so a plain run needs no
+    teachers. `sparsity` is None outside a compression stage's mask phase, where there is no constraint to
+    enforce and the term is 0: the distillation keeps its weight λ(1−α), so α means the same in every phase.
     """
     if not (0.0 <= lam <= 1.0 and 0.0 <= alpha <= 1.0):
         raise ValueError(f"λ and α must lie in [0, 1], got λ={lam}, α={alpha}")
@@ -139,9 +140,7 @@ def combined_loss(
         if distill is None:
             raise ValueError(f"λ={lam} and α={alpha} weight a distillation term, but there are no teacher embeddings")
         total = total + lam * (1.0 - alpha) * distill
-    if lam > 0.0 and alpha > 0.0:
-        if sparsity is None:
-            raise ValueError(f"λ={lam} and α={alpha} weight a sparsity loss, but the model has no masks")
+    if lam > 0.0 and alpha > 0.0 and sparsity is not None:
         total = total + lam * alpha * sparsity
     return total
 

@@ -139,6 +139,9 @@ class RunTracker:
         for start in range(0, len(entries), MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=entries[start : start + MAX_BATCH])
 
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)

@@ -8,6 +8,7 @@ continues from it, bit-exactly on CPU (see checkpoint.py and data/sampler.py for
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import time
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from ablate.core.bundled_teachers import resolve_reinforcement, resolve_teachers
-from ablate.core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ablate.core.checkpoint import checkpoint_extra, latest_checkpoint, load_checkpoint, save_checkpoint
+from ablate.core.compression_stages import CompressionStages, Pruned
 from ablate.core.config import TrainConfig
 from ablate.core.data.bundled import resolve_data_root
 from ablate.core.data.dataset import EvalDataset
@@ -30,9 +33,12 @@ from ablate.core.data.sampler import StepBatchSampler
 from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.evaluation import evaluate, evaluation_metric_names
 from ablate.core.fast_paths import DataWaitClock, TrainStep
-from ablate.core.models import create_model, parameter_counts
+from ablate.core.models import parameter_counts
+from ablate.core.models.build import build_model
+from ablate.core.models.efficiency import efficiency_metric_names, efficiency_metrics
 from ablate.core.objective import TeacherSource, compute_loss
 from ablate.core.optim import build_optimizer, learning_rate, set_learning_rate
+from ablate.core.quality.store import QUALITY_FILE, compute_quality, select_uids
 from ablate.core.runtime import configure_threads, resolve_device, seed_everything
 from ablate.core.teachers import TeacherEnsemble
 from ablate.core.tracking import RunTracker
@@ -59,7 +65,8 @@ class TrainResult:
 
 def result_metric_names(zero_shot_tasks: Iterable[str]) -> list[str]:
     """Every name a TrainResult's `metrics` can hold, i.e. what a study may use as an objective."""
-    return [f"model/params_{part}" for part in ("image", "text", "total")] + evaluation_metric_names(zero_shot_tasks)
+    names = [f"model/params_{part}" for part in ("image", "text", "total")] + ["compression/realised_sparsity"]
+    return names + evaluation_metric_names(zero_shot_tasks) + efficiency_metric_names()
 
 
 def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = ()) -> TrainResult:
@@ -78,6 +85,8 @@ class Trainer:
         seed_everything(config.seed)
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The run folder describes itself (export, teachers and inheritance read it), tracked or not.
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
         self.tracker = RunTracker(config, self.run_dir) if config.tracking.enabled else None
@@ -85,14 +94,23 @@ class Trainer:
     def _build(self) -> None:
         """Model, optimizer (restored from the latest checkpoint if any) and data; inside `run` so that a
         failure here (a missing dataset, an unknown model) is recorded on the run."""
-        self.model = create_model(
-            self.config.model.name,
-            init_logit_scale=self.config.model.init_logit_scale,
-            max_logit_scale=self.config.model.max_logit_scale,
-        ).to(self.device)
-        self.optimizer = build_optimizer(self.model, self.config.optim, kernel=self.config.train.optimizer_kernel)
+        config = self.config
         checkpoint = latest_checkpoint(self.checkpoint_dir)
+        extra = checkpoint_extra(checkpoint.path) if checkpoint else {}
+        self.stages = CompressionStages(config.compression) if config.compression else None
+        if self.stages is None:
+            model = build_model(config.model)
+        elif checkpoint is None:
+            model = self.stages.initial_model(lambda: build_model(config.model))
+        else:  # the weights come from the checkpoint; only the (pruned) architecture must be rebuilt
+            model = self.stages.restore(build_model(config.model), extra)
+        self.model = model.to(self.device)
+        step = int(checkpoint.step) if checkpoint else 0
+        groups = self.stages.begin_step(self.model, step) if self.stages else None
+        self.optimizer = build_optimizer(self.model, config.optim, groups or (), kernel=config.train.optimizer_kernel)
         restored = load_checkpoint(checkpoint.path, self.model, self.optimizer) if checkpoint else (0, 0.0)
+        if self.stages is not None:
+            self.stages.load_compressor_state(extra)
         self.start_step, self.compute_before = restored
         self.resumed = checkpoint is not None
 
@@ -114,6 +132,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None,
+            generator=torch.Generator().manual_seed(self.config.seed),  # not the global RNG: resume stays exact
         )
 
     def _training_data(self, manifest) -> TrainDataset:
@@ -131,11 +150,22 @@ class Trainer:
         elif store is not None:
             self.teachers = TeacherSource(store.layout(config.loss.teacher_dims, config.loss.teacher_logit_scales))
         augment = config.data.augment or online is not None
-        dataset = TrainDataset(manifest, self.model.inputs, config.data, config.seed, store, augment)
+        keep = self._quality_subset(reinforcement) if config.data.keep_fraction < 1 else None
+        dataset = TrainDataset(manifest, self.model.inputs, config.data, config.seed, store, augment, keep_uids=keep)
         self.data_metrics = {"data/train_samples": float(len(dataset))}
         if store is not None:
             self.data_metrics |= {"data/lost_samples": float(store.lost + len(dataset.images) - len(dataset))}
         return dataset
+
+    def _quality_subset(self, reinforcement: Path) -> set[str]:
+        """uids of the top `data.keep_fraction` by caption quality; scores computed once beside the shards."""
+        scores = reinforcement / QUALITY_FILE
+        if not scores.is_file():
+            with open(reinforcement / f"{QUALITY_FILE}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # parallel trials: one scores, the others wait and read
+                if not scores.is_file():
+                    compute_quality(reinforcement)
+        return select_uids(scores, self.config.data.quality_score, self.config.data.keep_fraction)
 
     def run(self) -> TrainResult:
         self.started = time.perf_counter()
@@ -164,6 +194,11 @@ class Trainer:
             raise
         result.wall_seconds = time.perf_counter() - self.started
         result.compute_seconds = self._compute_seconds()
+        if self.config.eval.efficiency and not result.stopped_early:
+            efficiency = efficiency_metrics(self.model)
+            result.metrics |= efficiency
+            if self.tracker:
+                self.tracker.log_metrics(efficiency, result.steps)
         compute_hours = result.compute_seconds / 3600
         if self.tracker:
             hours = {"compute/wall_hours": compute_hours, "compute/cpu_hours": compute_hours * self.threads}
@@ -178,7 +213,7 @@ class Trainer:
         return self.compute_before + time.perf_counter() - self.started
 
     def _loop(self, result: TrainResult) -> None:
-        config, settings, model, optimizer = self.config, self.config.train, self.model, self.optimizer
+        config, settings = self.config, self.config.train
         bf16 = self.step.precision == "bf16"  # evaluation autocasts too
         clock = DataWaitClock()
         window_sums: dict[str, torch.Tensor] = {}  # loss terms summed on device: no host sync until the log step
@@ -186,26 +221,30 @@ class Trainer:
         if self.start_step >= settings.steps:  # killed after its last checkpoint: only the final evaluation is due
             self._evaluate(self.start_step, result, bf16)
             return
-        model.train()
+        self.model.train()
         with _progress(settings.progress, settings.steps, self.start_step) as (progress, task):
             for step, batch in enumerate(clock.wrap(self.loader), start=self.start_step):
+                model, optimizer = self.model, self.optimizer  # both are replaced when a stage prunes
+                sparsity = self._begin_stage_step(step)
                 lr = learning_rate(step, settings.steps, config.optim)
                 set_learning_rate(optimizer, lr)
                 batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
-                terms = self.step(  # autocast, (accumulated) backward, clip, optimizer step
-                    model, optimizer, batch, lambda m, b: compute_loss(m, b, config.loss, self.teachers)
+                terms = self.step(  # autocast, (accumulated) backward, clip (model parameters only), step
+                    model, optimizer, batch, lambda m, b, s=sparsity: compute_loss(m, b, config.loss, self.teachers, s)
                 )
                 model.clamp_logit_scale()
                 for name, value in terms.items():
                     window_sums[name] = window_sums.get(name, 0) + value.detach()
                 window_steps += 1
                 done = result.steps = step + 1
+                log_due = done % settings.log_every == 0 or done == settings.steps
+                stage_metrics = self._end_stage_step(step, log_due)
 
-                if done % settings.log_every == 0 or done == settings.steps:
+                if log_due:
                     train_metrics = {
                         **{f"train/{name}": (total / window_steps).item() for name, total in window_sums.items()},
                         "train/lr": lr,
-                        "train/logit_scale": model.logit_scale.exp().item(),
+                        "train/logit_scale": self.model.logit_scale.exp().item(),
                         "train/samples_per_s": window_steps
                         * settings.batch_size
                         / (time.perf_counter() - window_start),
@@ -213,6 +252,7 @@ class Trainer:
                     }
                     if not math.isfinite(train_metrics["train/loss"]):
                         raise FloatingPointError(f"training loss is {train_metrics['train/loss']} at step {done}")
+                    train_metrics |= stage_metrics
                     if self.tracker:
                         self.tracker.log_metrics(train_metrics, done)
                     progress.update(
@@ -236,6 +276,51 @@ class Trainer:
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
                     self._save(done)
 
+    def _begin_stage_step(self, step: int) -> torch.Tensor | None:
+        """Attach a stage's masks when its mask phase starts (their parameters join the optimizer) and return
+        the sparsity loss of this step, or None outside mask phases."""
+        if self.stages is None:
+            return None
+        groups = self.stages.begin_step(self.model, step)
+        for group in groups or ():
+            self.optimizer.add_param_group(group)
+        terms = self.stages.sparsity_terms(step)
+        return None if terms is None else terms["loss_sparsity"]
+
+    def _end_stage_step(self, step: int, log_due: bool) -> dict[str, float]:
+        """After the optimizer step: read the masks' state if it is logged now, then prune if the phase ended."""
+        if self.stages is None:
+            return {}
+        self.stages.after_optimizer_step()
+        metrics = self.stages.metrics(step) if log_due else {}
+        pruned = self.stages.prune_if_due(step + 1)
+        if pruned is not None:
+            self._adopt_pruned(pruned, step + 1)
+        return metrics
+
+    def _adopt_pruned(self, pruned: Pruned, step: int) -> None:
+        """Continue with the smaller dense model: new optimizer, new parameter counts, the stage's checkpoint."""
+        self.model = pruned.model.to(self.device).train()
+        self.optimizer = build_optimizer(self.model, self.config.optim, kernel=self.config.train.optimizer_kernel)
+        counts = {f"model/params_{k}": float(v) for k, v in parameter_counts(self.model).items()}
+        self.run_metrics |= counts | {"compression/realised_sparsity": pruned.result.counts["realised_sparsity"]}
+        stage_metrics = {f"compression/stage{pruned.stage}/{k}": float(v) for k, v in pruned.result.counts.items()}
+        folder = self.run_dir / "pruned"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"stage-{pruned.stage}.pt"
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "records": self.stages.records,
+                "config": self.config.model_dump(mode="json", by_alias=True),
+            },
+            path,
+        )
+        log.info("stage %d pruned: %s", pruned.stage, {k: round(v, 4) for k, v in pruned.result.counts.items()})
+        if self.tracker:
+            self.tracker.log_metrics(stage_metrics | self.run_metrics, step)
+            self.tracker.log_artifact(path, "pruned")
+
     def _evaluate(self, step: int, result: TrainResult, bf16: bool) -> bool:
         """Evaluate, log, and ask the callbacks whether to stop."""
         metrics = evaluate(self.model, self.eval_set, self.config.eval.batch_size, self.device, bf16)
@@ -254,6 +339,7 @@ class Trainer:
             self.optimizer,
             self.config.train.keep_checkpoints,
             self._compute_seconds(),
+            self.stages.extra_state() if self.stages is not None else None,
         )
 
 

@@ -41,3 +41,39 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="session")
+def small_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ablate.core.data.shapes import generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes-small")
+    generate_shapes(root, train=96, val=32, seed=3, image_size=64, samples_per_shard=32)
+    return root
+
+
+@pytest.fixture(scope="session")
+def random_teachers(tmp_path_factory: pytest.TempPathFactory) -> list:
+    """Two untrained `tiny` teachers: the writer's job does not depend on how good they are."""
+    import torch
+
+    from ablate.core.config import TeacherSpec
+    from ablate.core.models import create_model
+
+    folder = tmp_path_factory.mktemp("teachers")
+    specs = []
+    for seed, scale in ((0, 70.0), (1, 60.0)):
+        torch.manual_seed(seed)
+        path = folder / f"teacher-{seed}.pt"
+        torch.save({"model": create_model("tiny").state_dict()}, path)
+        specs.append(TeacherSpec(model="tiny", checkpoint=str(path), logit_scale=scale))
+    return specs
+
+
+@pytest.fixture(scope="session")
+def reinforced_small(small_shapes: Path, random_teachers: list, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ablate.core.data.reinforce import ReinforceSettings, reinforce_dataset
+
+    out = tmp_path_factory.mktemp("dr-small")
+    reinforce_dataset(small_shapes, random_teachers, out, ReinforceSettings(augmentations=2), progress=False)
+    return out

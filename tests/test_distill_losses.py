@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import DistillClipLoss
 
-from ablate.core.losses import affinity_mimicking_loss, clip_loss, mobileclip_distill_loss, mobileclip_total_loss
+from ablate.core.losses import (
+    affinity_mimicking_loss,
+    clip_loss,
+    combined_loss,
+    mobileclip_distill_loss,
+    mobileclip_total_loss,
+)
 
 DOUBLE = torch.float64
 
@@ -295,3 +301,18 @@ def test_temperature_must_be_positive(temperature: float) -> None:
     eye = matrix([1.0, 0.0], [0.0, 1.0])
     with pytest.raises(ValueError, match="temperature must be a positive finite number"):
         affinity_mimicking_loss(eye, eye, eye, eye, temperature=temperature)
+
+
+def test_combined_loss_weighs_the_three_terms_as_the_research_formula() -> None:
+    """L = (1-λ)·CLIP + λ·((1-α)·distill + α·sparsity), by hand for λ = 0.6, α = 0.25."""
+    clip, distill, sparsity = torch.tensor(2.0), torch.tensor(3.0), torch.tensor(0.5)
+    assert combined_loss(clip, distill, sparsity, 0.6, 0.25).item() == pytest.approx(
+        0.4 * 2 + 0.6 * (0.75 * 3 + 0.25 * 0.5)
+    )
+    assert combined_loss(clip, None, None, 0.0, 0.0).item() == 2.0  # λ = 0: exactly CLIP, no teacher needed
+    assert combined_loss(clip, distill, None, 1.0, 0.0).item() == 3.0  # MobileCLIP S*: pure distillation
+    assert combined_loss(clip, distill, None, 0.6, 0.25).item() == pytest.approx(0.4 * 2 + 0.6 * 0.75 * 3)  # no masks
+    with pytest.raises(ValueError, match="no teacher embeddings"):
+        combined_loss(clip, None, None, 0.5, 0.0)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        combined_loss(clip, distill, None, 1.5, 0.0)

@@ -26,7 +26,6 @@ from ablate.core.data.inspect import inspect_shards
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforce import ReinforceSettings, reinforce_dataset
 from ablate.core.data.reinforcement_store import DataLossWarning, ReinforcementStore
-from ablate.core.data.shapes import generate_shapes
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.models import create_model
@@ -69,26 +68,6 @@ def write_minimal_shard(path: Path, uids: list[str], fmt: str, width: int, augs:
                 _tar_member(archive, f"{key}.npz", buffer.getvalue())
                 written[uid] = (image_emb, text_emb, captions)
     return written
-
-
-@pytest.fixture(scope="module")
-def small_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes-small")
-    generate_shapes(root, train=96, val=32, seed=3, image_size=64, samples_per_shard=32)
-    return root
-
-
-@pytest.fixture(scope="module")
-def random_teachers(tmp_path_factory: pytest.TempPathFactory) -> list[TeacherSpec]:
-    """Two untrained `tiny` teachers: the writer's job does not depend on how good they are."""
-    folder = tmp_path_factory.mktemp("teachers")
-    specs = []
-    for seed, scale in ((0, 70.0), (1, 60.0)):
-        torch.manual_seed(seed)
-        path = folder / f"teacher-{seed}.pt"
-        torch.save({"model": create_model("tiny").state_dict()}, path)
-        specs.append(TeacherSpec(model="tiny", checkpoint=str(path), logit_scale=scale))
-    return specs
 
 
 def image_uids(root: Path) -> list[str]:
@@ -194,13 +173,6 @@ def test_damaged_shards_are_skipped_with_a_count_and_widths_are_checked(
         store.layout([100], None)
 
 
-@pytest.fixture(scope="module")
-def reinforced_small(small_shapes: Path, random_teachers: list[TeacherSpec], tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dr-small")
-    reinforce_dataset(small_shapes, random_teachers, out, ReinforceSettings(augmentations=2), progress=False)
-    return out
-
-
 def short_run(tmp_path: Path, small_shapes: Path, overrides: dict) -> TrainConfig:
     tree = fast_config(tmp_path, small_shapes, {"train.steps": 4, "train.batch_size": 16, "train.log_every": 1})
     tree = apply_overrides(tree, {"train.eval_every": 4, "eval.max_samples": 32, "optim.warmup_steps": 1})
@@ -235,10 +207,18 @@ def test_online_teachers_and_a_width_mismatch(
     online = short_run(
         tmp_path / "online",
         small_shapes,
-        {"teachers.mode": "online", "teachers.members": members, "loss.lambda": 0.5, "data.captions": "mix"},
+        {
+            "teachers.mode": "online",
+            "teachers.members": members,
+            "loss.lambda": 0.5,
+            "data.captions": "mix",
+            "eval.efficiency": True,
+        },
     )
     result = train(online)
     assert result.steps == 4 and len(logged(online, "train/distill")) == 4
+    assert {"efficiency/params_total", "efficiency/latency_image_ms"} <= set(result.metrics)
+    assert logged(online, "efficiency/params_total") == [result.metrics["efficiency/params_total"]]
 
     wrong = short_run(
         tmp_path / "wrong",

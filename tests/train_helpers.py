@@ -29,7 +29,7 @@ def fast_config(tmp_path: Path, shapes_root: Path, overrides: dict | None = None
             "threads": 2,
             "progress": False,
         },
-        "eval": {"batch_size": 128, "max_samples": 128},
+        "eval": {"batch_size": 128, "max_samples": 128, "efficiency": False},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tests"},
     }
     return apply_overrides(tree, overrides or {})

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ablate.core.compression.hard_concrete import CODE_LOG_ALPHA_INIT
 from ablate.core.compression.structure import MASK_KINDS, MaskKind
@@ -78,6 +78,18 @@ class CompressionConfig(StrictModel):
         None, description="the model inherited from (manual / auto); `bundled`: the bundled benchmark's teacher 0"
     )
     teacher_model: str | None = Field(None, description="its factory name (default: the bundled teacher's)")
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_from_text(cls, value: object) -> object:
+        """ "0.25,0.5,0.75" -> [0.25, 0.5, 0.75]: Optuna's categorical values are scalars, so a study writes a
+        schedule as one string and can compare schedules as one parameter."""
+        if isinstance(value, str):
+            try:
+                return [float(part) for part in value.split(",")]
+            except ValueError:
+                raise ValueError(f"a schedule string lists stage targets like '0.25,0.5,0.75', got {value!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CompressionConfig:

@@ -48,6 +48,7 @@ from ablate.core.data.reinforced_format import (
     write_info,
 )
 from ablate.core.data.tar_index import IndexedShards
+from ablate.core.merging import MergeSchedule, TokenMergingConfig, apply_token_merging
 from ablate.core.teachers import TeacherEnsemble
 
 
@@ -62,6 +63,7 @@ class ReinforceSettings:
     seed: int = 0
     batch_size: int = 256  # augmented images per teacher forward
     image_size: int | None = None  # recording resolution; None: the largest teacher input
+    token_merging_r: int = 0  # teachers run with ToMe (r tokens merged per layer, both towers): faster, approximate
 
     def __post_init__(self) -> None:
         if self.augmentations < 1:
@@ -85,6 +87,10 @@ class ShardReinforcer:
 
     def __init__(self, ensemble: TeacherEnsemble, settings: ReinforceSettings, augment: AugmentConfig) -> None:
         self.ensemble, self.settings = ensemble, settings
+        if settings.token_merging_r > 0:
+            schedule = MergeSchedule(r=settings.token_merging_r)
+            merging = TokenMergingConfig(image=schedule, text=schedule)
+            self.merge_handles = [apply_token_merging(member, merging) for member in ensemble.members]
         self.augment = RecordedAugment(augment)
         self.sizes = [member.inputs.image_size for member in ensemble.members]
 
@@ -170,6 +176,7 @@ def _expected_info(
         ],
         augmentations=settings.augmentations,
         synthetic_captions=syn,
+        token_merging_r=settings.token_merging_r,
         embedding_format=settings.embedding_format,
         augment=json.loads(json.dumps(dataclasses.asdict(recording_augment(settings, ensemble)))),
         shards={},

@@ -74,6 +74,7 @@ class ReinforcementInfo(BaseModel):
     augmentations: int = Field(ge=1)
     synthetic_captions: int = Field(ge=0)
     embedding_format: EmbeddingFormat = "pth.gz"
+    token_merging_r: int = Field(0, ge=0, description="teachers ran with ToMe merging r tokens per layer (0: exact)")
     augment: dict[str, Any] = Field(default_factory=dict, description="the AugmentConfig the records were drawn with")
     shards: dict[str, int] = Field(default_factory=dict, description="finished shard file -> samples in it")
 

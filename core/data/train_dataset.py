@@ -54,12 +54,18 @@ class TrainDataset(Dataset):
         store: ReinforcementStore | None = None,
         augment: bool = False,
         split: str = "train",
+        keep_uids: set[str] | None = None,
     ) -> None:
+        """`keep_uids`: train on these samples only (a caption-quality subset, `data.keep_fraction`)."""
         self.images = IndexedShards(manifest.shard_paths(split))
         self.inputs, self.data, self.seed, self.store = inputs, data, seed, store
         self.augment = RecordedAugment(AugmentConfig(size=inputs.image_size)) if (augment or store) else None
         self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
         self.pairs = self._join() if store else [(index, -1) for index in range(len(self.images))]
+        if keep_uids is not None:
+            self.pairs = [pair for pair in self.pairs if self.images.uid(pair[0]) in keep_uids]
+            if not self.pairs:
+                raise ConfigError("data.keep_fraction keeps no training sample: the quality scores name other uids")
         self._check_synthetic_captions()
 
     def _join(self) -> list[tuple[int, int]]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ablate.core.config import ModelConfig, TextTowerConfig
 from ablate.core.config_io import ConfigError
+from ablate.core.merging import apply_token_merging
 from ablate.core.models.attention import AttentionSpec, swap_attention
 from ablate.core.models.clip import CLIP
 from ablate.core.models.registry import create_model
@@ -33,6 +34,8 @@ def build_model(config: ModelConfig) -> CLIP:
         model.text = _text_tower(model.text, config.text, spec)
         if not spec.is_default:
             swap_attention(model.visual, spec)
+        if config.token_merging is not None and config.token_merging.enabled:
+            model.token_merging = apply_token_merging(model, config.token_merging)  # last: it wraps the attention
     except ValueError as err:
         raise ConfigError(f"model ({config.name}): {err}") from None
     return model

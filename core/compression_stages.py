@@ -1,0 +1,151 @@
+"""TinyCLIP's progressive compression inside one training run (papers.md §2.2–2.3, checklist C).
+
+The run's steps are cut into stages (`compression.stages`, or a `schedule` of targets split evenly). Each stage
+has a mask phase, in which hard-concrete masks sit on the student and the loss carries λ·α·L_sparsity, ending in
+prune-to-dense, then dense training to the stage's end; the next stage masks the pruned model. p and q are always
+fractions of the ORIGINAL student's prunable parameters, the teacher stays the original one.
+
+Resuming: a checkpoint's `extra` holds the stage-0 reference sizes, the prune record of every finished stage
+(kept indices) and the compressor's state mid mask phase; `restore` rebuilds the pruned architecture from the
+records before the weights are loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ablate.core.compression import (
+    CompressionConfig,
+    Compressor,
+    PruneResult,
+    ReferenceSize,
+    StagePlan,
+    apply_prune_record,
+    inherit_automatic,
+    inherit_manual,
+    reference_sizes,
+)
+from ablate.core.config import TeacherSpec
+from ablate.core.models import CLIP
+from ablate.core.teachers import load_teacher
+
+
+@dataclass
+class Pruned:
+    """What a finished mask phase hands back to the trainer."""
+
+    stage: int
+    model: CLIP
+    result: PruneResult
+
+
+class CompressionStages:
+    """The compression state of a run: reference sizes, finished stages, the current stage's compressor."""
+
+    def __init__(self, config: CompressionConfig) -> None:
+        self.config = config
+        self.plans = config.plan()
+        self.reference: dict[str, ReferenceSize] | None = None
+        self.records: list[dict] = []
+        self.compressor: Compressor | None = None
+
+    # --- the student ---------------------------------------------------------------------------------------------
+    def teacher_spec(self) -> TeacherSpec:
+        """The model weights are inherited from; `bundled` names the bundled benchmark's first teacher."""
+        checkpoint, model = self.config.teacher_checkpoint, self.config.teacher_model
+        if checkpoint == "bundled":
+            from ablate.core.bundled_teachers import train_teachers
+
+            bundled = train_teachers(progress=False)[0]
+            return TeacherSpec(model=model or bundled.model, checkpoint=bundled.checkpoint)
+        if model is None:
+            raise ValueError("compression.teacher_model must name the teacher's architecture (a factory name)")
+        return TeacherSpec(model=model, checkpoint=str(checkpoint))
+
+    def initial_model(self, build: Callable[[], CLIP]) -> CLIP:
+        """The student at step 0: built from scratch, inherited manually, or a trainable copy of the teacher."""
+        if self.config.inherit == "auto":
+            return inherit_automatic(load_teacher(self.teacher_spec())).train().requires_grad_(True)
+        model = build()
+        if self.config.inherit == "manual":
+            inherit_manual(model, load_teacher(self.teacher_spec()))
+        return model
+
+    def restore(self, model: CLIP, extra: dict) -> CLIP:
+        """Shrink a freshly built student to the architecture a checkpoint was saved with."""
+        state = extra.get("compression")
+        if state is None:
+            return model
+        self.reference = {name: ReferenceSize(*sizes) for name, sizes in state["reference"].items()}
+        self.records = list(state["records"])
+        for record in self.records:
+            apply_prune_record(model, record)
+        return model
+
+    # --- the step loop -------------------------------------------------------------------------------------------
+    def plan_at(self, step: int) -> StagePlan:
+        return self.config.stage_at(step)
+
+    def begin_step(self, model: nn.Module, step: int) -> list[dict] | None:
+        """Attach the stage's masks when `step` is in a mask phase and none are attached yet; returns the new
+        optimizer groups (log α, λ1, λ2) to add, or None."""
+        if self.reference is None:
+            self.reference = reference_sizes(model, self.config)
+        plan = self.plan_at(step)
+        in_mask_phase = plan.start_step <= step < plan.prune_step
+        if not in_mask_phase or self.compressor is not None or len(self.records) > plan.index:
+            return None
+        self.compressor = Compressor(model, self.config, plan.index, self.reference)
+        return self.compressor.parameter_groups()
+
+    def sparsity_terms(self, step: int) -> dict[str, torch.Tensor] | None:
+        if self.compressor is None:
+            return None
+        return self.compressor.sparsity_terms(step - self.plan_at(step).start_step)
+
+    def after_optimizer_step(self) -> None:
+        """Clamp log α to its range, as the reference does after every step."""
+        if self.compressor is not None:
+            self.compressor.after_optimizer_step()
+
+    def prune_if_due(self, done: int) -> Pruned | None:
+        """After `done` steps: prune-to-dense if that ended the current mask phase."""
+        if self.compressor is None:
+            return None
+        plan = self.plan_at(done - 1)
+        if done != plan.prune_step:
+            return None
+        dense, result = self.compressor.prune()
+        self.compressor.detach()
+        self.compressor = None
+        self.records.append(result.record)
+        return Pruned(plan.index, dense, result)
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """p, q, λ1, λ2 and kept heads/units/dims per layer while masks are on; the stage index always."""
+        metrics = {"compression/stage": float(self.plan_at(step).index)}
+        if self.compressor is not None:
+            metrics |= self.compressor.log_metrics()
+            metrics["compression/target_sparsity"] = self.compressor.target_sparsity(
+                step - self.plan_at(step).start_step
+            )
+        return metrics
+
+    def extra_state(self) -> dict:
+        assert self.reference is not None
+        return {
+            "compression": {
+                "reference": {name: [size.prunable, size.actual] for name, size in self.reference.items()},
+                "records": self.records,
+                "compressor": self.compressor.state_dict() if self.compressor is not None else None,
+            }
+        }
+
+    def load_compressor_state(self, extra: dict) -> None:
+        state = extra.get("compression", {}).get("compressor")
+        if state is not None and self.compressor is not None:
+            self.compressor.load_state_dict(state)

@@ -1,0 +1,95 @@
+"""TinyCLIP stages inside the trainer: masks, sparsity logged, prune-to-dense mid-run, exact resume across a prune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from train_helpers import fast_config
+
+from ablate.core.checkpoint import latest_checkpoint
+from ablate.core.config import TrainConfig
+from ablate.core.config_io import apply_overrides
+from ablate.core.trainer import train
+
+
+def staged_config(tmp_path: Path, small_shapes: Path, reinforced_small: Path, **overrides) -> TrainConfig:
+    """12 steps, two stages of 6 (mask phase 3, q ramp over 2); masks start half-open so a few steps prune."""
+    tree = fast_config(tmp_path, small_shapes, {"train.steps": 12, "train.batch_size": 16, "train.log_every": 1})
+    compression = {"schedule": [0.2, 0.4], "mask_fraction": 0.5, "q_warmup_fraction": 0.67, "log_alpha_init": 0.5}
+    tree = apply_overrides(
+        tree,
+        {
+            "train.eval_every": 6,
+            "train.checkpoint_every": 2,
+            "eval.max_samples": 32,
+            "optim.warmup_steps": 1,
+            "data.reinforcement": str(reinforced_small),
+            "loss.lambda": 1.0,
+            "loss.alpha": 0.5,
+            "compression": compression,
+            **overrides,
+        },
+    )
+    return TrainConfig.model_validate(tree)
+
+
+def history(config: TrainConfig, name: str) -> dict[int, float]:
+    run_id = json.loads((Path(config.run_dir) / "mlflow_run.json").read_text())["run_id"]
+    return {m.step: m.value for m in MlflowClient(config.tracking.uri).get_metric_history(run_id, name)}
+
+
+def test_two_stage_schedule_prunes_twice_and_logs_every_quantity(
+    small_shapes: Path, reinforced_small: Path, tmp_path: Path
+) -> None:
+    config = staged_config(tmp_path, small_shapes, reinforced_small)
+    assert [(s.target_sparsity, s.steps, s.mask_steps, s.q_warmup_steps) for s in config.compression.stages] == [
+        (0.2, 6, 3, 2),
+        (0.4, 6, 3, 2),
+    ]
+    result = train(config)
+    assert result.steps == 12
+    q = history(config, "compression/target_sparsity")
+    assert q == pytest.approx({1: 0.0, 2: 0.1, 3: 0.2, 7: 0.2, 8: 0.3, 9: 0.4})  # ramps; logged in mask phases only
+    assert set(history(config, "compression/expected_sparsity")) == {1, 2, 3, 7, 8, 9}
+    assert set(history(config, "train/sparsity")) == {1, 2, 3, 7, 8, 9}
+    p = history(config, "compression/expected_sparsity")
+    lambda1 = [value for _, value in sorted(history(config, "compression/lambda1").items())]
+    assert lambda1 == sorted(lambda1)  # one-sided: λ1 only ever rises (gradient ascent on max(q−p, 0) ≥ 0) ...
+    assert (lambda1[-1] > lambda1[0]) == any(p[t] < q[t] for t in p)  # ... and does whenever p trailed q
+
+    # After each prune the model is smaller, and the realised sparsity is what the parameter counts say.
+    first, second = (history(config, f"compression/stage{i}/total") for i in (0, 1))
+    initial = history(config, "model/params_total")[0]
+    assert first[3] < initial and second[9] < first[3]
+    assert result.metrics["model/params_image"] == history(config, "compression/stage1/image")[9]
+    assert result.metrics["compression/realised_sparsity"] == history(config, "compression/stage1/realised_sparsity")[9]
+    assert all((Path(config.run_dir) / "pruned" / f"stage-{i}.pt").is_file() for i in (0, 1))
+
+
+def test_resume_across_a_prune_is_exact(small_shapes: Path, reinforced_small: Path, tmp_path: Path) -> None:
+    """A run stopped mid second mask phase and resumed ends with the uninterrupted run's weights."""
+    straight = staged_config(tmp_path / "straight", small_shapes, reinforced_small)
+    train(straight)
+
+    interrupted = staged_config(tmp_path / "interrupted", small_shapes, reinforced_small, **{"train.eval_every": 2})
+    first = train(interrupted, [lambda step, metrics: step == 8])  # stage 1 pruned at 3, stage 2 masks on
+    assert first.stopped_early and first.steps == 8
+    train(interrupted)
+
+    final = [torch.load(latest_checkpoint(Path(c.run_dir) / "checkpoints").path) for c in (straight, interrupted)]
+    assert final[0]["model"].keys() == final[1]["model"].keys()
+    for name, tensor in final[0]["model"].items():
+        assert torch.equal(tensor, final[1]["model"][name]), name
+
+
+def test_compression_settings_are_checked(small_shapes: Path, reinforced_small: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"schedule\[1\] \(0.3\) must be greater than schedule\[0\] \(0.5\)"):
+        staged_config(tmp_path, small_shapes, reinforced_small, **{"compression.schedule": [0.5, 0.3]})
+    with pytest.raises(ValueError, match=r"compression needs loss.lambda > 0 and loss.alpha > 0"):
+        staged_config(tmp_path, small_shapes, reinforced_small, **{"loss.alpha": 0.0})
+    with pytest.raises(ValueError, match=r"schedule\[0\] \(1.0\) must lie in \[0, 1\)"):
+        staged_config(tmp_path, small_shapes, reinforced_small, **{"compression.schedule": [1.0]})
