@@ -14,8 +14,9 @@ Paths, all on the same model (one initialisation, deep-copied), batch size, prec
 Batches are synthetic (random pixels and tokens, unit-norm random teacher embeddings of the bundled layout,
 2 × 256): a step's cost does not depend on the values. The loader is measured on real data by
 benchmarks/loader_throughput.py. Each round runs every path for `--steps` steps in turn (A/B/A/B on a shared
-machine) after one warm-up round; the table reports medians over rounds. On CUDA it also reports MFU (FLOPs of
-one step from torch.utils.flop_counter over `--peak-tflops`) and peak memory.
+machine) after one warm-up round; the table reports medians over rounds, and ratios as medians of per-round
+ratios. On CUDA it also reports MFU (FLOPs of one step from torch.utils.flop_counter over `--peak-tflops`) and
+peak memory.
 
     .venv/bin/python benchmarks/train_step.py --models tiny MobileCLIP2-S0 --image-size 64 --batch 64 --threads 1
     .venv/bin/python benchmarks/train_step.py --device cuda --models MobileCLIP2-S0 --image-size 256 \\
@@ -57,6 +58,7 @@ from ablate.core.teachers import TeacherEnsemble
 
 TEACHER_DIMS, TEACHER_SCALES = [256, 256], [100.0, 100.0]  # the bundled teachers' stored layout
 RESULTS = Path(__file__).parent / "results"
+DISTILLATION_PATHS = ("ours-stored", "ours-stored-eq3", "ours-online")
 
 
 def build_student(name: str, image_size: int, device: torch.device) -> CLIP:
@@ -192,12 +194,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_flops(path: OurPath) -> int:
-    """FLOPs of one training step (forward + backward) of our path, counted by torch.utils.flop_counter."""
+def step_flops(path: OurPath, device: torch.device) -> int:
+    """FLOPs of one training step (forward + backward) of our path, counted by torch.utils.flop_counter on an
+    eager step (the counter sees aten ops; compiled kernels would hide some of them)."""
+    eager = TrainStep(TrainLoopConfig(precision=path.step.precision, compile=False), device, None)
     counter = FlopCounterMode(display=False)
     with counter:
-        path.step(path.model, path.optimizer, path.batches[0], path._loss)
+        eager(path.model, path.optimizer, path.batches[0], path._loss)
     return counter.get_total_flops()
+
+
+def peak_memory_gib(path: OurPath, device: torch.device) -> float:
+    """Peak allocated memory over one round of our path alone."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    path()
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 def measure(paths: dict[str, Callable[[], None]], rounds: int, samples: int, device) -> dict[str, list[float]]:
@@ -226,29 +242,27 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
         "open_clip": OpenClipPath(copy.deepcopy(base), single, precision, device),
         "ours": OurPath(copy.deepcopy(base), single, precision, LossConfig(), None, device),
     }
-    if not args.skip_distillation:
+    if "ours-online" in args.paths:
         members = [build_student("small", args.image_size, torch.device("cpu")) for _ in TEACHER_SCALES]
         teachers = TeacherEnsemble(members, TEACHER_SCALES, ["small"] * len(members)).to(device)
         online = TeacherSource(TeacherLayout(teachers.dims, TEACHER_SCALES), teachers)
-        paths |= {
-            "ours-stored": OurPath(copy.deepcopy(base), single, precision, distill, stored, device),
-            "ours-stored-eq3": OurPath(copy.deepcopy(base), double, precision, distill, stored, device),
-            "ours-online": OurPath(copy.deepcopy(base), single, precision, distill, online, device),
-        }
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        paths["ours-online"] = OurPath(copy.deepcopy(base), single, precision, distill, online, device)
+    if "ours-stored" in args.paths:
+        paths["ours-stored"] = OurPath(copy.deepcopy(base), single, precision, distill, stored, device)
+    if "ours-stored-eq3" in args.paths:
+        paths["ours-stored-eq3"] = OurPath(copy.deepcopy(base), double, precision, distill, stored, device)
     speeds = measure(paths, args.rounds, args.steps * args.batch, device)
     medians = {path: statistics.median(values) for path, values in speeds.items()}
     result = {
         "model": name,
         "samples_per_s": speeds,
         "median_samples_per_s": medians,
-        "ours_over_open_clip": medians["ours"] / medians["open_clip"],
+        # Ratios are medians of per-round ratios: paths of one round ran back to back, under the same load.
+        "ours_over_open_clip": paired_ratio(speeds["ours"], speeds["open_clip"]),
+        "step_time_over_plain": {
+            path: paired_ratio(speeds["ours"], speeds[path]) for path in paths if path.startswith("ours-")
+        },
     }
-    if not args.skip_distillation:
-        result["step_time_over_plain"] = {
-            path: medians["ours"] / medians[path] for path in ("ours-stored", "ours-stored-eq3", "ours-online")
-        }
     ours = paths["ours"]
     assert isinstance(ours, OurPath)
     result["resolved"] = {
@@ -259,13 +273,14 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
         "math_attention": ours.step.math_attention,
     }
     if device.type == "cuda":
-        flops = step_flops(ours)
+        memory = peak_memory_gib(ours, device)
+        flops = step_flops(ours, device)
         achieved = flops * medians["ours"] / args.batch
         result |= {
             "flops_per_step": flops,
             "achieved_tflops": achieved / 1e12,
             "mfu": achieved / (args.peak_tflops * 1e12) if args.peak_tflops else None,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "peak_memory_gib": memory,
         }
     return result
 
@@ -283,7 +298,13 @@ def main() -> None:
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="device peak at --precision (H100 SXM bf16: 989)"
     )
-    parser.add_argument("--skip-distillation", action="store_true")
+    parser.add_argument(
+        "--paths",
+        nargs="*",
+        choices=DISTILLATION_PATHS,
+        default=list(DISTILLATION_PATHS),
+        help="distillation paths to add",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
