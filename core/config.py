@@ -63,7 +63,9 @@ class DataConfig(StrictModel):
         "B_real + B_syn from the same images (Eq. 3); mix: one batch, synthetic with probability mix_synthetic_ratio",
     )
     mix_synthetic_ratio: float = Field(0.5, ge=0, le=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(
+        2, ge=0, description="loader processes; 2 keep the trainer under 5% data wait on the bundled benchmark (README)"
+    )
     shapes_train: int = Field(20000, ge=1, description="bundled benchmark size when root is None")
     shapes_val: int = Field(1000, ge=1)
     shapes_seed: int = 0
