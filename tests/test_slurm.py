@@ -258,28 +258,31 @@ def test_compute_comes_from_slurm_accounting(served_study) -> None:
 
 # -- requeue resumes: by scontrol requeue, and at a short --time limit ----------------------------------------
 # The same configuration three times: an uninterrupted reference, one requeued by hand after its first
-# checkpoint, one whose 2-minute limit interrupts it (USR2 90 s before the limit, i.e. due 30 s in).
-# slurmctld checks time limits (and sends --signal) every 30 s from its start, so the fixture restarts it just
-# after the time-limited job starts: the first signal then lands ~30 s in, whatever the machine's speed. A
-# requeued run starts a few seconds after the check that requeued it, so its signal is due after the next
-# check and arrives ~55 s in: every later run makes progress even when start-up is slow. (A signal due
-# earlier than 31 s after start resonates with the checks: each run is cut at the very next one.)
+# checkpoint, one whose 2-minute limit interrupts it. slurmctld checks time limits every 30 s from its start and
+# sends --signal at the last check before it is due (USR2 60 s before the limit: due 60 s in, sent 30-60 s
+# in). The fixture restarts slurmctld just after the time-limited job starts, so the first signal lands ~30 s
+# in whatever the machine's speed. A requeued run starts a few seconds after the check that requeued it, so
+# its signal comes at the check after next, ~55 s in: every later run makes progress even when start-up is
+# slow. (With the signal due 30 s in, every requeued run is cut at the very next check, a few seconds in.)
 REQUEUE_TRAIN = {"steps": 400, "batch_size": 8, "eval_every": 400, "log_every": 10, "checkpoint_every": 10}
 
 
-def wait_until_running(job_folder: Path, timeout: float = 600) -> str:
-    """The id of the first job submitted from `job_folder`, once SLURM runs it."""
+def wait_until_step_runs(job_folder: Path, timeout: float = 600) -> str:
+    """The id of the first job submitted from `job_folder`, once its srun step (the trial process) exists.
+
+    Restarting slurmctld while srun is still creating the step loses the step's time-limit signal.
+    """
     state: dict[str, str] = {}
 
-    def running() -> bool:
+    def step_exists() -> bool:
         pickles = sorted(job_folder.glob("*_submitted.pkl"))
         if not pickles:
             return False
         state["id"] = pickles[0].name.removesuffix("_submitted.pkl")
-        squeue = subprocess.run(["squeue", "-h", "-j", state["id"], "-o", "%T"], capture_output=True, text=True)
-        return squeue.stdout.strip() == "RUNNING"
+        steps = subprocess.run(["squeue", "-h", "-s", "-j", state["id"], "-o", "%i"], capture_output=True, text=True)
+        return f"{state['id']}.0" in steps.stdout.split()
 
-    wait_until(running, timeout, f"a running job from {job_folder}")
+    wait_until(step_exists, timeout, f"a running job step from {job_folder}")
     return state["id"]
 
 
@@ -314,11 +317,11 @@ def requeued(slurm_cluster: dict, tmp_path_factory: pytest.TempPathFactory, shap
             "poll_seconds": 1.0,
             "timeout_min": 2,
             "retries": 0,
-            "slurm": {"cpus_per_task": 1, "signal_delay_s": 90, "max_requeues": 20},
+            "slurm": {"cpus_per_task": 1, "signal_delay_s": 60, "max_requeues": 20},
         },
     )
     second, second_outcome = launch_in_thread(time_limit)
-    wait_until_running(prepare(time_limit)[0].run_folder / "jobs")
+    wait_until_step_runs(prepare(time_limit)[0].run_folder / "jobs")
     restart_slurmctld()
     first, first_outcome = launch_in_thread(by_hand)
     trial_dir = prepare(by_hand)[0].run_folder.resolve() / "trials" / "00000" / "seed-0"
