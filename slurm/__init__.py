@@ -1,1 +1,2 @@
-"""Executors for trial jobs (submitit): local processes now, SLURM clusters through the same interface."""
+"""Where trials run: submitit executors (local, debug, SLURM), SLURM accounting (sacct), a local single-node
+cluster for development and CI, and the MLflow server that jobs on other nodes log through."""
