@@ -27,6 +27,7 @@ from ablate.core.compression import (
     apply_prune_record,
     inherit_automatic,
     inherit_manual,
+    realised_counts,
     reference_sizes,
 )
 from ablate.core.config import TeacherSpec
@@ -134,6 +135,12 @@ class CompressionStages:
                 step - self.plan_at(step).start_step
             )
         return metrics
+
+    def realised_sparsity(self, model: nn.Module) -> float | None:
+        """Of the original prunable parameters, the fraction pruned away so far (None before the first prune)."""
+        if not self.records or self.reference is None:
+            return None
+        return realised_counts(model, self.reference)["realised_sparsity"]
 
     def extra_state(self) -> dict:
         assert self.reference is not None

@@ -173,6 +173,9 @@ class Trainer:
         try:
             self._build()
             self.run_metrics = {f"model/params_{k}": float(v) for k, v in parameter_counts(self.model).items()}
+            realised = self.stages.realised_sparsity(self.model) if self.stages else None
+            if realised is not None:  # resumed after a prune
+                self.run_metrics["compression/realised_sparsity"] = realised
             if self.tracker and not self.resumed:
                 self.tracker.log_metrics(self.run_metrics | self.data_metrics | {"system/threads": self.threads}, 0)
             log.info(

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from train_helpers import fast_config
+from rich.console import Console
+from train_helpers import fast_config, trial_runs, write_study_yaml
 
+from ablate.ablations.scheduler import launch
 from ablate.core.checkpoint import latest_checkpoint
 from ablate.core.config import TrainConfig
 from ablate.core.config_io import apply_overrides
@@ -93,3 +95,30 @@ def test_compression_settings_are_checked(small_shapes: Path, reinforced_small: 
         staged_config(tmp_path, small_shapes, reinforced_small, **{"loss.alpha": 0.0})
     with pytest.raises(ValueError, match=r"schedule\[0\] \(1.0\) must lie in \[0, 1\)"):
         staged_config(tmp_path, small_shapes, reinforced_small, **{"compression.schedule": [1.0]})
+
+
+@pytest.mark.slow
+def test_one_and_two_stage_schedules_run_from_one_study_file(
+    small_shapes: Path, reinforced_small: Path, tmp_path: Path
+) -> None:
+    """Issue 4: a one-stage and a two-stage schedule to the same q, as two values of one study parameter."""
+    base = staged_config(tmp_path, small_shapes, reinforced_small).model_dump(mode="json", by_alias=True)
+    del base["run_dir"], base["tracking"]
+    base["compression"] = {"schedule": "0.4", "log_alpha_init": 0.5}
+    study = {
+        "name": "schedules",
+        "base": base,
+        "search_space": {"compression.schedule": {"type": "categorical", "choices": ["0.4", "0.2,0.4"]}},
+        "sampler": {"name": "grid"},
+        "pruner": {"name": "none"},
+        "budget": {"trials": 2, "parallel": 2},
+        "executor": {"kind": "local", "threads_per_trial": 1, "poll_seconds": 0.5, "timeout_min": 10},
+    }
+    result = launch(write_study_yaml(tmp_path, study), Console(quiet=True))
+    assert [outcome.state for outcome in result.outcomes] == ["complete", "complete"], result.outcomes
+    runs = {run.data.params["compression.schedule"]: run for run in trial_runs(tmp_path / "study.yaml")}
+    assert set(runs) == {"[0.4]", "[0.2, 0.4]"}
+    one, two = runs["[0.4]"], runs["[0.2, 0.4]"]
+    assert "compression/stage1/realised_sparsity" in two.data.metrics
+    assert "compression/stage1/realised_sparsity" not in one.data.metrics
+    assert {"compression/realised_sparsity", "eval/zeroshot/mean_top1"} <= set(one.data.metrics)

@@ -68,6 +68,7 @@ def inspect_shards(paths: list[Path]) -> dict:
             augmentations[len(decode_param_aug(sample))] += 1
         if "syn.json" in sample:
             synthetic[len(json.loads(sample["syn.json"])["syn_text"])] += 1
+    shards.close()
     count = len(shards)
     return {
         "shards": len(files),

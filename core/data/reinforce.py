@@ -87,6 +87,7 @@ class ShardReinforcer:
 
     def __init__(self, ensemble: TeacherEnsemble, settings: ReinforceSettings, augment: AugmentConfig) -> None:
         self.ensemble, self.settings = ensemble, settings
+        self.merge_handles = []  # ToMe patches on the teachers' modules, kept for as long as this reinforcer lives
         if settings.token_merging_r > 0:
             schedule = MergeSchedule(r=settings.token_merging_r)
             merging = TokenMergingConfig(image=schedule, text=schedule)
@@ -138,10 +139,9 @@ class ShardReinforcer:
 
     def write_shard(self, source: Path, target: Path, on_samples: Callable[[int], None] = lambda n: None) -> int:
         """Reinforce `source` into `target` (atomically); returns the number of samples written."""
-        shards = IndexedShards([source])
         chunk = max(1, self.settings.batch_size // self.settings.augmentations)
         partial = target.with_name(target.name + ".partial")
-        with open(partial, "wb") as stream:
+        with IndexedShards([source]) as shards, open(partial, "wb") as stream:
             writer = wds.TarWriter(stream, encoder=False, mtime=0.0)
             for start in range(0, len(shards), chunk):
                 samples = [shards[index] for index in range(start, min(start + chunk, len(shards)))]
@@ -237,7 +237,7 @@ def reinforce_dataset(
         for path in sources
         if path.name not in expected.shards or not (target_dir / path.name).is_file()
     ]
-    total = sum(len(IndexedShards([path])) for path, _ in pending)
+    total = sum(_sample_count(path) for path, _ in pending)
     started = time.perf_counter()
     with _progress(progress, total) as advance:
         if workers == 1:
@@ -260,8 +260,14 @@ def reinforce_dataset(
     return expected
 
 
+def _sample_count(path: Path) -> int:
+    with IndexedShards([path]) as shards:
+        return len(shards)
+
+
 def _synthetic_count(first_shard: Path, settings: ReinforceSettings) -> int:
-    available = len(synthetic_captions(IndexedShards([first_shard])[0]))
+    with IndexedShards([first_shard]) as shards:
+        available = len(synthetic_captions(shards[0]))
     wanted = settings.synthetic_captions
     if wanted is not None and wanted > available:
         raise ConfigError(f"synthetic_captions={wanted}, but {first_shard} has {available} per sample")

@@ -138,9 +138,5 @@ class IndexedShards:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        if getattr(self, "_owner_pid", None) == os.getpid():
-            self.close()
-
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}}
