@@ -125,6 +125,6 @@ def fit_context(tokens: torch.Tensor, context_length: int, eot_token_id: int) ->
     if tokens.shape[1] >= context_length:
         fitted = tokens[:, :context_length].clone()
         cut = tokens[:, context_length:].ne(0).any(dim=1)
-        fitted[cut, -1] = eot_token_id
+        fitted[:, -1] = torch.where(cut, eot_token_id, fitted[:, -1])  # no host sync, unlike boolean indexing
         return fitted
     return torch.nn.functional.pad(tokens, (0, context_length - tokens.shape[1]))

@@ -29,7 +29,7 @@ from ablate.core.data.reinforcement_store import DataLossWarning, ReinforcementS
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.models import create_model
-from ablate.core.teachers import TeacherEnsemble
+from ablate.core.teachers import TeacherEnsemble, fit_context
 from ablate.core.trainer import train
 
 
@@ -228,3 +228,13 @@ def test_online_teachers_and_a_width_mismatch(
     with pytest.raises(ConfigError, match=r"stores 256-wide teacher embeddings.*add up to 200"):
         train(wrong)
     assert not (Path(wrong.run_dir) / "checkpoints").exists()
+
+
+def test_teacher_tokens_are_fitted_to_each_teacher_context() -> None:
+    """Longer captions are cut with end-of-text kept last (open_clip's truncation); shorter ones are padded."""
+    tokens = torch.tensor([[49406, 5, 6, 7, 49407, 0], [49406, 5, 49407, 0, 0, 0]])
+    assert fit_context(tokens, 4, 49407).tolist() == [[49406, 5, 6, 49407], [49406, 5, 49407, 0]]
+    assert fit_context(tokens, 8, 49407).tolist() == [
+        [49406, 5, 6, 7, 49407, 0, 0, 0],
+        [49406, 5, 49407, 0, 0, 0, 0, 0],
+    ]
