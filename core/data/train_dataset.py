@@ -15,6 +15,7 @@ Images leave as uint8; the trainer normalises them on the device with each model
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class TrainDataset(Dataset):
 
     def draw(self, visit: int, augmentations: int, synthetic: int) -> Draw:
         """Which stored augmentation and synthetic caption this visit reads: random, or cycled by epoch."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + visit)
+        generator = self._generator(visit, "draw")
         coin = float(torch.rand((), generator=generator))
         if self.data.sample == "sequential":
             epoch = visit // len(self)
@@ -108,6 +109,11 @@ class TrainDataset(Dataset):
             augmentation = int(torch.randint(max(augmentations, 1), (), generator=generator))
             caption = int(torch.randint(max(synthetic, 1), (), generator=generator))
         return Draw(augmentation, caption, self.data.captions == "mix" and coin < self.data.mix_synthetic_ratio)
+
+    def _generator(self, visit: int, stream: str) -> torch.Generator:
+        """An independent random stream per (seed, visit, purpose): a pure function of the step, never shared."""
+        digest = hashlib.sha256(f"{self.seed}:{visit}:{stream}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
     def __getitem__(self, visit: int) -> dict[str, torch.Tensor]:
         position = visit % len(self)
@@ -134,8 +140,7 @@ class TrainDataset(Dataset):
             params = decompress(record.param_aug[draw.augmentation])
             view = pil_to_uint8(self.augment.replay_uint8(image, params, self.inputs.image_size))
         elif self.augment is not None:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + visit + 1)
-            view = pil_to_uint8(self.augment.record_uint8(image, generator)[0])
+            view = pil_to_uint8(self.augment.record_uint8(image, self._generator(visit, "augment"))[0])
         else:
             view = centre_view(image, self.inputs.image_size)
 
