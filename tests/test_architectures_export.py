@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
-from train_helpers import fast_config
+from rich.console import Console
+from train_helpers import fast_config, trial_runs, write_study_yaml
 from typer.testing import CliRunner
 
 from ablate.ablations.cli import app
+from ablate.ablations.scheduler import launch
 from ablate.core.config import ModelConfig, TrainConfig
 from ablate.core.models import create_model
 from ablate.core.models.attention import Attention
@@ -30,6 +33,8 @@ from ablate.core.models.efficiency import (
 )
 from ablate.core.models.export import PROGRAM_NAME, load_exported, max_output_difference
 from ablate.core.trainer import Trainer
+
+STUDIES = Path(__file__).parents[1] / "ablations" / "studies"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -138,3 +143,23 @@ def test_sigmoid_attention_trains_on_the_bundled_benchmark(tmp_path: Path, shape
     losses = [m.value for m in sorted(client.get_metric_history(result.run_id, "train/loss"), key=lambda m: m.step)]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0] - 0.3 and losses[-1] < math.log(32) + 0.05, losses
+
+
+@pytest.mark.slow
+def test_architecture_study_reports_accuracy_and_latency_per_trial(tmp_path: Path, shapes_root: Path) -> None:
+    """Issue 8: the ready `architectures` study (Base vs MCt × softmax vs sigmoid) runs from its one file; here
+    shortened to a few steps, one seed, in-process, with every trial reporting both of its objectives."""
+    study = yaml.safe_load((STUDIES / "architectures.yaml").read_text())
+    base = fast_config(tmp_path, shapes_root, {"train.steps": 6, "train.eval_every": 6, "eval.max_samples": 64})
+    del base["run_dir"], base["tracking"]
+    base["eval"]["efficiency"] = True
+    study |= {"base": base, "replicates": {"seeds": [0]}}
+    study["executor"] |= {"kind": "debug", "threads_per_trial": 1}
+    result = launch(write_study_yaml(tmp_path, study), Console(quiet=True))
+    assert [outcome.state for outcome in result.outcomes] == ["complete"] * 4, result.outcomes
+    runs = trial_runs(tmp_path / "study.yaml")
+    assert {(r.data.params["model.name"], r.data.params["model.attention"]) for r in runs} == {
+        (name, attention) for name in ("tiny", "mct-tiny") for attention in ("softmax", "sigmoid")
+    }
+    for run in runs:
+        assert {"eval/zeroshot/mean_top1", "efficiency/latency_text_ms"} <= set(run.data.metrics)
