@@ -29,6 +29,7 @@ from ablate.core.data.reinforcement_store import DataLossWarning, ReinforcementS
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.models import create_model
+from ablate.core.quality.store import score_reinforced
 from ablate.core.teachers import TeacherEnsemble, fit_context
 from ablate.core.trainer import train
 
@@ -238,3 +239,10 @@ def test_teacher_tokens_are_fitted_to_each_teacher_context() -> None:
         [49406, 5, 6, 7, 49407, 0, 0, 0],
         [49406, 5, 49407, 0, 0, 0, 0, 0],
     ]
+
+
+def test_quality_scores_read_the_writers_layout(reinforced_small: Path) -> None:
+    """`ablate reinforce` keeps shards in `train/`; the caption-quality scorer must find them there."""
+    frame = score_reinforced(reinforced_small)
+    assert len(frame) == 96 and frame["uid"].is_unique
+    assert frame["clip_score"].between(-1, 1).all()

@@ -33,8 +33,11 @@ def load_reinforcement_info(folder: Path) -> ReinforcementInfo:
 
 
 def reinforced_shard_paths(folder: Path, info: ReinforcementInfo) -> list[Path]:
-    """The finished shards `reinforcement.json` lists (relative to its folder), else every *.tar in the folder."""
+    """The finished shards `reinforcement.json` lists, else every *.tar; they live in the split's subfolder
+    (`ablate reinforce` writes `train/`) or, for flat layouts, in the folder itself."""
     folder = Path(folder)
+    if (folder / info.split).is_dir():
+        folder = folder / info.split
     paths = [folder / name for name in sorted(info.shards)] or sorted(folder.glob("*.tar"))
     if not paths:
         raise FileNotFoundError(f"{folder}: {INFO_FILE} lists no shards and the folder has no *.tar files")
