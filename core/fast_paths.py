@@ -130,6 +130,7 @@ class TrainStep:
         self.accumulation_steps, self.accumulation = settings.accumulation_steps, settings.accumulation
         self.compile = settings.compile if settings.compile != "auto" else device.type == "cuda"
         self.channels_last_setting = settings.channels_last
+        self._warned_channels_last = False
         self.math_attention = settings.cpu_attention == "math" or (
             settings.cpu_attention == "auto" and self.precision != "fp32"
         )
@@ -145,8 +146,17 @@ class TrainStep:
         return self.precision != "fp32"
 
     def channels_last(self, model: nn.Module) -> bool:
-        """`auto`: on GPUs for convolutional image towers, where NHWC is what tensor-core convolutions read."""
+        """`auto`: on GPUs for convolutional image towers, where NHWC is what tensor-core convolutions read.
+
+        Never on CPUs: torch 2.14's CPU backward through the MCi towers in NHWC crashes the process (a
+        segmentation fault, reproduced with a bare `mci-tiny` forward/backward), so `true` there is ignored
+        with one warning rather than taking a run down."""
         setting = self.channels_last_setting
+        if setting is True and self.device.type != "cuda":
+            if not self._warned_channels_last:
+                log.warning("train.channels_last: ignored on %s (NHWC backward crashes on CPU)", self.device)
+                self._warned_channels_last = True
+            return False
         return setting if setting != "auto" else self.device.type == "cuda" and has_conv_tower(model)
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
