@@ -7,16 +7,11 @@ captions per sample, and the bytes each sample costs (MobileCLIP Tab 16 reasons 
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from ablate.core.data.reinforced_format import decode_param_aug
+from ablate.core.data.reinforced_format import decode_param_aug, stored_embeddings
 from ablate.core.data.tar_index import IndexedShards
 
 
@@ -35,17 +30,6 @@ def shard_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _embedding_arrays(sample: dict) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{name: (shape, dtype)} of the stored embeddings, without converting them."""
-    if "pth.gz" in sample:
-        tensors = torch.load(io.BytesIO(gzip.decompress(sample["pth.gz"])), map_location="cpu", weights_only=True)
-        return {name: (tuple(value.shape), str(value.dtype).removeprefix("torch.")) for name, value in tensors.items()}
-    if "npz" in sample:
-        with np.load(io.BytesIO(sample["npz"])) as arrays:
-            return {name: (arrays[name].shape, str(arrays[name].dtype)) for name in arrays.files}
-    return {}
-
-
 def inspect_shards(paths: list[Path]) -> dict:
     """Summary of every sample in the shards (all are read: damaged ones are reported, not guessed)."""
     files = shard_files(paths)
@@ -62,8 +46,9 @@ def inspect_shards(paths: list[Path]) -> dict:
             members[extension] += 1
             member_bytes[extension] += size
         sample = shards[index]
-        for name, (shape, dtype) in _embedding_arrays(sample).items():
-            embeddings[f"{name} {list(shape)} {dtype}"] += 1
+        if "pth.gz" in sample or "npz" in sample:
+            for name, tensor in stored_embeddings(sample).items():
+                embeddings[f"{name} {list(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"] += 1
         if "paug.json" in sample:
             augmentations[len(decode_param_aug(sample))] += 1
         if "syn.json" in sample:

@@ -99,9 +99,9 @@ class ShardReinforcer:
         """Augment, embed and package a chunk of source samples."""
         settings, count = self.settings, self.settings.augmentations
         views: list[list[torch.Tensor]] = [[] for _ in self.sizes]  # per teacher, sample-major then augmentation
-        params, captions = [], []
-        for sample in samples:
-            image, uid = decode_pil(sample), sample_uid(sample)
+        params, captions, uids = [], [], [sample_uid(sample) for sample in samples]
+        for sample, uid in zip(samples, uids, strict=True):
+            image = decode_pil(sample)
             for index in range(count):
                 generator = torch.Generator().manual_seed(augmentation_seed(settings.seed, uid, index))
                 view, recorded = self.augment.record_uint8(image, generator)
@@ -114,12 +114,12 @@ class ShardReinforcer:
         image_emb = self._embed_images(views)
         text_emb = self.ensemble.encode_texts([text for texts in captions for text in texts])
         records, text_row = [], 0
-        for position, sample in enumerate(samples):
+        for position, uid in enumerate(uids):
             rows = slice(position * count, (position + 1) * count)
             texts = captions[position]
             records.append(
                 ReinforcedRecord(
-                    uid=sample_uid(sample),
+                    uid=uid,
                     syn_text=texts[1:],
                     param_aug=params[rows],
                     image_emb=image_emb[rows],

@@ -101,16 +101,21 @@ def encode_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor, fmt: Embe
     raise ValueError(f"embedding format must be one of {EMBEDDING_KEYS}, got {fmt!r}")
 
 
-def decode_embeddings(sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image_emb, text_emb) as fp32 from whichever embedding member the sample has."""
+def stored_embeddings(sample: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Every array of the sample's embedding member, in the dtype it was stored in."""
     if "pth.gz" in sample:
         tensors = torch.load(io.BytesIO(gzip.decompress(sample["pth.gz"])), map_location="cpu", weights_only=True)
-    elif "npz" in sample:
+        return {name: torch.as_tensor(value) for name, value in tensors.items()}
+    if "npz" in sample:
         with np.load(io.BytesIO(sample["npz"])) as arrays:
-            tensors = {name: torch.from_numpy(arrays[name]) for name in ("image_emb", "text_emb")}
-    else:
-        raise KeyError(f"sample {sample.get('__key__')!r} has no embeddings (looked for {', '.join(EMBEDDING_KEYS)})")
-    image_emb, text_emb = (torch.as_tensor(tensors[name]).float() for name in ("image_emb", "text_emb"))
+            return {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+    raise KeyError(f"sample {sample.get('__key__')!r} has no embeddings (looked for {', '.join(EMBEDDING_KEYS)})")
+
+
+def decode_embeddings(sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image_emb, text_emb) as fp32 from whichever embedding member the sample has."""
+    tensors = stored_embeddings(sample)
+    image_emb, text_emb = (tensors[name].float() for name in ("image_emb", "text_emb"))
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(
             f"sample {sample.get('__key__')!r}: image_emb {tuple(image_emb.shape)} and text_emb "

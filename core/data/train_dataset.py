@@ -62,9 +62,11 @@ class TrainDataset(Dataset):
         self.inputs, self.data, self.seed, self.store = inputs, data, seed, store
         self.augment = RecordedAugment(AugmentConfig(size=inputs.image_size)) if (augment or store) else None
         self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
+        needs_uids = store is not None or keep_uids is not None  # one read of every sample's json, at most
+        self.uids = [self.images.uid(index) for index in range(len(self.images))] if needs_uids else []
         self.pairs = self._join() if store else [(index, -1) for index in range(len(self.images))]
         if keep_uids is not None:
-            self.pairs = [pair for pair in self.pairs if self.images.uid(pair[0]) in keep_uids]
+            self.pairs = [pair for pair in self.pairs if self.uids[pair[0]] in keep_uids]
             if not self.pairs:
                 raise ConfigError("data.keep_fraction keeps no training sample: the quality scores name other uids")
         self._check_synthetic_captions()
@@ -72,12 +74,12 @@ class TrainDataset(Dataset):
     def _join(self) -> list[tuple[int, int]]:
         """(image index, reinforcement row) for every image whose uid the reinforcement has."""
         assert self.store is not None
-        pairs = [(index, self.store.rows.get(self.images.uid(index), -1)) for index in range(len(self.images))]
+        pairs = [(index, self.store.rows.get(uid, -1)) for index, uid in enumerate(self.uids)]
         joined = [pair for pair in pairs if pair[1] >= 0]
         if not joined:
             raise ConfigError(
                 f"data.reinforcement {self.store.root}: none of its uids matches an image of data.root "
-                f"(e.g. image uid {self.images.uid(0)!r}); it reinforces another dataset"
+                f"(e.g. image uid {self.uids[0]!r}); it reinforces another dataset"
             )
         if len(joined) < len(pairs):
             warnings.warn(

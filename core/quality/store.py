@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.core.config_io import ConfigError
-from ablate.core.data.reinforced_format import INFO_FILE, ReinforcementInfo, decode_record
+from ablate.core.data.reinforced_format import INFO_FILE, ReinforcementInfo, decode_record, read_info
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.quality.scores import BASE_SCORES, SCORE_NAMES, Reduction, combine, record_scores
 
@@ -23,13 +23,11 @@ _METADATA_KEY = b"ablate.quality"
 
 
 def load_reinforcement_info(folder: Path) -> ReinforcementInfo:
-    path = Path(folder) / INFO_FILE
-    if not path.is_file():
+    """`reinforcement.json`, which the scores need (teacher widths): its absence is an error here."""
+    info = read_info(Path(folder))
+    if info is None:
         raise FileNotFoundError(f"{folder}: no {INFO_FILE}; is this a reinforced dataset folder?")
-    try:
-        return ReinforcementInfo.model_validate_json(path.read_text())
-    except ValueError as err:
-        raise ConfigError(f"{path}: invalid reinforcement info: {err}") from None
+    return info
 
 
 def reinforced_shard_paths(folder: Path, info: ReinforcementInfo) -> list[Path]:
