@@ -1,5 +1,7 @@
-"""Full-state checkpoints: model, optimizer, RNG streams and the step (which is also the data position, since
-the batch order is a pure function of seed and step, and the LR schedule a pure function of the step).
+"""Full-state checkpoints: model, optimizer, RNG streams, the fp16 loss scaler and the step (which is also the
+data position, since the batch order is a pure function of seed and step, and the LR schedule a pure function of
+the step). The loss scaler's scale and growth tracker are saved because a resumed fp16 run that restarted at the
+initial scale would overflow and skip steps again while it backs off, which the uninterrupted run did not.
 
 Files are written to a temporary name and renamed, so a job killed mid-write never leaves a truncated
 "latest" checkpoint; they are loaded with `weights_only=True` so a checkpoint can never execute code.
@@ -78,9 +80,11 @@ def save_checkpoint(
     keep: int,
     compute_seconds: float,
     extra: dict | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     """`compute_seconds`: wall time trained so far over all attempts, so accounting survives resumes.
-    `extra`: state that must be restored before the model can be (e.g. the architecture after pruning)."""
+    `extra`: state that must be restored before the model can be (e.g. the architecture after pruning).
+    `scaler`: the fp16 GradScaler, if the run has one."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
     temporary = path.with_suffix(".pt.tmp")
@@ -92,6 +96,8 @@ def save_checkpoint(
         "compute_seconds": float(compute_seconds),
         "extra": extra or {},
     }
+    if scaler is not None:
+        state["grad_scaler"] = scaler.state_dict()
     torch.save(state, temporary)
     temporary.replace(path)
     for old in list_checkpoints(directory)[:-keep]:
@@ -104,10 +110,17 @@ def checkpoint_extra(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True).get("extra", {})
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
-    """Restore everything in place; return the step to continue from and the compute seconds spent so far."""
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+) -> tuple[int, float]:
+    """Restore everything in place; return the step to continue from and the compute seconds spent so far.
+
+    The scaler keeps its initial state when the checkpoint has none (written before scalers were saved, or by a
+    run in another precision); a saved scaler state is ignored when this run has no scaler."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
     restore_rng(state["rng"])
     return int(state["step"]), float(state["compute_seconds"])

@@ -108,7 +108,9 @@ class Trainer:
         step = int(checkpoint.step) if checkpoint else 0
         groups = self.stages.begin_step(self.model, step) if self.stages else None
         self.optimizer = build_optimizer(self.model, config.optim, groups or (), kernel=config.train.optimizer_kernel)
-        restored = load_checkpoint(checkpoint.path, self.model, self.optimizer) if checkpoint else (0, 0.0)
+        restored = (
+            load_checkpoint(checkpoint.path, self.model, self.optimizer, self.step.scaler) if checkpoint else (0, 0.0)
+        )
         if self.stages is not None:
             self.stages.load_compressor_state(extra)
         self.start_step, self.compute_before = restored
@@ -343,6 +345,7 @@ class Trainer:
             self.config.train.keep_checkpoints,
             self._compute_seconds(),
             self.stages.extra_state() if self.stages is not None else None,
+            self.step.scaler,
         )
 
 

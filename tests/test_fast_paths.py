@@ -12,6 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from train_helpers import fast_config
 
+from ablate.core.checkpoint import load_checkpoint, save_checkpoint
 from ablate.core.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainLoopConfig
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforcement_store import TeacherLayout
@@ -178,3 +179,34 @@ def test_trainer_logs_the_data_wait_fraction(tmp_path: Path, shapes_root: Path) 
     history = MlflowClient(config.tracking.uri).get_metric_history(run_id, "train/data_wait_fraction")
     assert [metric.step for metric in history] == [2, 4]
     assert all(0.0 <= metric.value < 1.0 for metric in history)
+
+
+def test_fp16_loss_scaler_state_survives_a_resume(tmp_path: Path, shapes_root: Path) -> None:
+    """A stopped-and-resumed fp16 run ends with the uninterrupted run's scaler state (scale and growth tracker);
+    a scaler restarted at its initial state would have counted only the steps since the resume."""
+    overrides = {"tracking.enabled": False, "train.precision": "fp16", "train.steps": 4, "train.batch_size": 8}
+    overrides |= {"train.eval_every": 2, "train.checkpoint_every": 2, "eval.max_samples": 16, "train.threads": 1}
+    overrides |= {"optim.warmup_steps": 1}
+    whole = fast_config(tmp_path / "whole", shapes_root, overrides)
+    train(TrainConfig.model_validate(whole))
+    saved_whole = torch.load(Path(whole["run_dir"]) / "checkpoints" / "step_00000004.pt", weights_only=True)
+
+    parts = fast_config(tmp_path / "parts", shapes_root, overrides)
+    assert train(TrainConfig.model_validate(parts), [lambda step, metrics: True]).steps == 2
+    halfway = torch.load(Path(parts["run_dir"]) / "checkpoints" / "step_00000002.pt", weights_only=True)
+    initial = torch.amp.GradScaler("cpu").state_dict()
+    assert halfway["grad_scaler"]["scale"] < initial["scale"]  # the first steps overflow at 2**16 and back off
+    resumed = train(TrainConfig.model_validate(parts))
+    assert resumed.resumed_from == 2
+    saved_parts = torch.load(Path(parts["run_dir"]) / "checkpoints" / "step_00000004.pt", weights_only=True)
+    assert saved_parts["grad_scaler"] == saved_whole["grad_scaler"]
+
+
+def test_a_checkpoint_without_scaler_state_leaves_the_scaler_initial(tmp_path: Path) -> None:
+    """Checkpoints written before scalers were saved (or by an fp32/bf16 run) still resume an fp16 run."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, 3, model, optimizer, keep=1, compute_seconds=1.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    assert load_checkpoint(tmp_path / "step_00000003.pt", model, optimizer, scaler) == (3, 1.5)
+    assert scaler.state_dict()["scale"] == 8.0 and scaler.state_dict()["_growth_tracker"] == 0
