@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ablate.ablations.optuna_storage import open_optuna_storage
 from ablate.core.config_io import (
     ConfigError,
     apply_overrides,
@@ -322,14 +323,7 @@ class StudySpec(_Strict):
 
     def open_optuna_storage(self) -> Any:
         """What `optuna.create_study/load_study(storage=...)` takes: the URL, or a journal storage object."""
-        import optuna  # here, so that validating a study file stays light
-
-        url = self.optuna_storage
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        return url
+        return open_optuna_storage(self.optuna_storage)
 
 
 def load_study(path: Path | str) -> tuple[StudySpec, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Optuna's parameter importances, read from the study's own storage (the URL tagged on the parent run).
+"""Optuna's parameter importances, read from the study's own storage (the URL tagged on the parent run), opened
+the way the launcher opens it (`ablations/optuna_storage.py`: database URLs and `journal:PATH` files alike).
 
 Importances need the sampled parameters and objective values exactly as Optuna holds them, so they are
 computed on the Optuna study rather than rebuilt from MLflow. Everything that can make them unavailable
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 import pandas as pd
+
+from ablate.ablations.optuna_storage import open_optuna_storage, storage_file
 
 MIN_COMPLETE_TRIALS = 2
 
@@ -31,12 +33,12 @@ def param_importances(storage: str | None, study: str, objectives: list[dict[str
     """fANOVA importances (Optuna's default evaluator, seeded for reproducible reports) per objective."""
     if not storage:
         return Importances(None, "no Optuna storage is recorded on the study's parent run")
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
-        # Opening a missing sqlite file would create an empty database as a side effect.
+    path = storage_file(storage)
+    if path is not None and not path.is_file():  # opening a missing file would create an empty store there
         return Importances(None, f"the Optuna storage {storage} does not exist on this machine")
     optuna.logging.set_verbosity(logging.WARNING)
     try:
-        loaded = optuna.load_study(study_name=study, storage=storage)
+        loaded = optuna.load_study(study_name=study, storage=open_optuna_storage(storage))
     except Exception as err:
         return Importances(None, f"the Optuna storage {storage} could not be read ({type(err).__name__}: {err})")
     complete = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

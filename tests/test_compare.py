@@ -158,3 +158,27 @@ def test_param_importances_are_skipped_with_a_note(tmp_path, study):
     )
     result = param_importances(storage, "one", [{"metric": "m", "direction": "maximize"}])
     assert result.table is None and "1 complete trial(s)" in result.note
+
+
+def test_param_importances_from_a_journal_storage(tmp_path):
+    """SLURM studies keep Optuna in a `journal:PATH` file; importances open it as the launcher does. The
+    objective depends on `y` only, so fANOVA must rank `y` far above `x`."""
+    storage = f"journal:{tmp_path / 'runs' / 'optuna.journal'}"
+    assert "does not exist" in param_importances(storage, "s", [{"metric": "m"}]).note
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs").mkdir()
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "optuna.journal"))
+    )
+    written = optuna.create_study(storage=journal, study_name="s", direction="maximize")
+    grid = optuna.distributions.CategoricalDistribution([0.0, 1.0, 2.0])
+    for x in (0.0, 1.0, 2.0):
+        for y in (0.0, 1.0, 2.0):
+            written.add_trial(
+                optuna.trial.create_trial(params={"x": x, "y": y}, distributions={"x": grid, "y": grid}, value=y)
+            )
+    importances = param_importances(storage, "s", [{"metric": "m", "direction": "maximize"}])
+    assert importances.table is not None, importances.note
+    assert "9 complete" in importances.note
+    assert importances.table["m"].sum() == pytest.approx(1.0)
+    assert importances.table.loc["y", "m"] > 0.9 > importances.table.loc["x", "m"]

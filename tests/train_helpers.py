@@ -54,4 +54,4 @@ def trial_runs(path: Path) -> list:
 def optuna_study(path: Path) -> optuna.Study:
     """The Optuna study of a launched study file."""
     spec, _ = prepare(path)
-    return optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+    return optuna.load_study(study_name=spec.name, storage=spec.open_optuna_storage())
