@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,19 @@ def reinforced_small(small_shapes: Path, random_teachers: list, tmp_path_factory
     out = tmp_path_factory.mktemp("dr-small")
     reinforce_dataset(small_shapes, random_teachers, out, ReinforceSettings(augmentations=2), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator:
+    """A throwaway PostgreSQL server (tests/postgres_fixtures.py). Skips without the server binaries, unless
+    ABLATE_REQUIRE_POSTGRES=1 (set by .ci/run), where their absence fails the test instead."""
+    from postgres_fixtures import PostgresUnavailable, find_bindir, running_postgres
+
+    try:
+        find_bindir()
+    except PostgresUnavailable as err:
+        if os.environ.get("ABLATE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"ABLATE_REQUIRE_POSTGRES=1 but {err}")
+        pytest.skip(str(err))
+    with running_postgres() as server:
+        yield server
