@@ -95,7 +95,7 @@ def plan_study(spec: StudySpec, base: dict[str, Any], source: str, preview: int 
         spec,
         data,
         metrics,
-        threads_per_trial(spec.executor.threads_per_trial, spec.budget.parallel),
+        threads_per_trial(spec.executor.threads_per_trial, spec.budget.parallel, spec.executor.tasks_per_node),
         (trials + len(spec.baselines)) * seeds,
         _first_trials(spec, min(preview, trials)),
     )

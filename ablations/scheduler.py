@@ -100,11 +100,18 @@ class StudyScheduler:
         self.result = LaunchResult(spec, parent_run_id)
         executor = spec.executor
         self.executor = make_executor(
-            executor.kind, spec.run_folder / "jobs", executor.timeout_min, executor.slurm.model_dump(mode="json")
+            executor.kind,
+            spec.run_folder / "jobs",
+            executor.timeout_min,
+            executor.slurm.model_dump(mode="json"),
+            executor.nodes,
+            executor.tasks_per_node,
         )
         # On SLURM a job's threads follow its allocation (core/runtime.py reads SLURM_CPUS_PER_TASK).
         self.threads = (
-            None if executor.kind == "slurm" else threads_per_trial(executor.threads_per_trial, spec.budget.parallel)
+            None
+            if executor.kind == "slurm"
+            else threads_per_trial(executor.threads_per_trial, spec.budget.parallel, executor.tasks_per_node)
         )
         self.groups: list[Group] = []
         self.pending: deque[Replicate] = deque()

@@ -192,7 +192,14 @@ class SlurmSpec(_Strict):
 class ExecutorSpec(_Strict):
     kind: Literal["local", "debug", "slurm"] = "local"
     threads_per_trial: int | None = Field(
-        None, ge=1, description="local: default the machine's cores / parallel; slurm: use slurm.cpus_per_task"
+        None,
+        ge=1,
+        description="threads of each trial process; local: default the machine's cores / (parallel x processes); "
+        "slurm: use slurm.cpus_per_task",
+    )
+    nodes: int = Field(1, ge=1, description="nodes per trial (slurm only): a multi-node torch.distributed trial")
+    tasks_per_node: int = Field(
+        1, ge=1, description="processes per node of one trial: >1 runs it as a torch.distributed job (gloo/nccl)"
     )
     timeout_min: int = Field(120, ge=1, description="time limit of each job (sbatch --time on SLURM)")
     poll_seconds: float | None = Field(
@@ -205,6 +212,10 @@ class ExecutorSpec(_Strict):
     def _threads_from_allocation(self) -> ExecutorSpec:
         if self.kind == "slurm" and self.threads_per_trial is not None:
             raise ValueError("with kind 'slurm' a trial's threads are its slurm.cpus_per_task; drop threads_per_trial")
+        if self.kind != "slurm" and self.nodes != 1:
+            raise ValueError(f"nodes: {self.nodes} needs kind 'slurm'; a {self.kind} trial runs on this machine")
+        if self.kind == "debug" and self.tasks_per_node != 1:
+            raise ValueError("tasks_per_node: the debug executor runs a trial inside this process; use kind 'local'")
         if self.poll_seconds is None:  # sacct is a call to the accounting database: keep it light on clusters
             self.poll_seconds = 10.0 if self.kind == "slurm" else 2.0
         return self

@@ -46,6 +46,20 @@ SUBMISSION_RECORD = "submission.json"  # the SLURM job id a launcher submitted f
 RUN_ID_RECORD = "mlflow_run.json"  # written by the trainer (ablate.core.tracking.RUN_ID_FILE)
 
 
+def _join_trial_processes() -> bool:
+    """In a job of several tasks (`executor.tasks_per_node` / `nodes`), export torch.distributed's `env://`
+    variables for the trainer's process group; True on the ranks that only train. GPUs stay visible to every
+    rank: the trainer picks its device from LOCAL_RANK."""
+    try:
+        environment = submitit.JobEnvironment()
+    except RuntimeError:  # called outside a submitit job (e.g. directly): one process
+        return False
+    if environment.num_tasks <= 1:
+        return False
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return environment.global_rank != 0
+
+
 def config_hash(params: dict[str, Any]) -> str:
     """Identifies a configuration independent of its seed, so replicates group together in analysis."""
     canonical = json.dumps({k: v for k, v in sorted(params.items()) if k != "seed"}, sort_keys=True, default=str)
@@ -112,7 +126,7 @@ class TrialJob(submitit.helpers.Checkpointable):
     reports_to_study: bool  # one replicate per trial reports intermediate values; all of them obey pruning
     submitted_at: float  # epoch seconds when the scheduler handed it to the executor (queue + start-up time)
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> dict[str, Any] | None:
         from ablate.ablations.spec import StudySpec
         from ablate.core.config import TrainConfig
         from ablate.core.trainer import train
@@ -120,6 +134,9 @@ class TrialJob(submitit.helpers.Checkpointable):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         spec = StudySpec.model_validate(self.spec)
         config = TrainConfig.model_validate(self.config)
+        if _join_trial_processes():  # ranks > 0 of a multi-process trial: train, leave the records to rank 0
+            train(config)
+            return None
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         job_id = slurm_job_id() or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "")

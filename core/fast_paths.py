@@ -38,6 +38,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ablate.core.config import TrainLoopConfig
 from ablate.core.config_io import ConfigError
+from ablate.core.distributed import ProcessGroup
 
 log = logging.getLogger("ablate.train")
 
@@ -124,8 +125,14 @@ class TrainStep:
     (prune-to-dense), and a new model is compiled on its first step.
     """
 
-    def __init__(self, settings: TrainLoopConfig, device: torch.device, grad_clip_norm: float | None) -> None:
-        self.device, self.grad_clip_norm = device, grad_clip_norm
+    def __init__(
+        self,
+        settings: TrainLoopConfig,
+        device: torch.device,
+        grad_clip_norm: float | None,
+        group: ProcessGroup = ProcessGroup(),
+    ) -> None:
+        self.device, self.grad_clip_norm, self.group = device, grad_clip_norm, group
         self.precision = resolve_precision(settings.precision, device)
         self.accumulation_steps, self.accumulation = settings.accumulation_steps, settings.accumulation
         self.compile = settings.compile if settings.compile != "auto" else device.type == "cuda"
@@ -201,7 +208,8 @@ class TrainStep:
         batch: dict[str, torch.Tensor],
         loss_fn: LossFunction,
     ) -> dict[str, torch.Tensor]:
-        """Zero the gradients, accumulate them over the micro-batches, clip, step. Returns the detached terms."""
+        """Zero the gradients, accumulate them over the micro-batches, average them over the ranks of a
+        multi-process trial, clip, step. Returns the detached terms (this rank's shares)."""
         self.prepare(model, optimizer)
         optimizer.zero_grad(set_to_none=True)
         if self.channels_last(model) and batch["image"].ndim == 4:
@@ -215,6 +223,7 @@ class TrainStep:
             self.compile, self._compiled = False, None
             optimizer.zero_grad(set_to_none=True)
             terms = self._accumulate(model, model, batch, loss_fn)
+        self.group.average_gradients(p for group in optimizer.param_groups for p in group["params"])
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         if self.grad_clip_norm:  # the model's parameters only (never compression masks or their multipliers)

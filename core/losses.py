@@ -20,21 +20,48 @@ import torch
 import torch.nn.functional as F
 
 
+@dataclass(frozen=True)
+class Columns:
+    """The whole (global) batch's features, when the features passed to a loss are only rows
+    `offset : offset + b` of it: one process's share of a multi-process batch (core/distributed.py).
+
+    Each loss then scores its local rows against every column, as open_clip's ClipLoss with `local_loss=True`:
+    every row of the global logit matrices belongs to exactly one process, so the mean over processes of these
+    row means is the single-process loss on the global batch. Without `Columns` the rows are the whole batch.
+    """
+
+    image: torch.Tensor  # [N, d], N = world size × b
+    text: torch.Tensor  # [N, d]
+    offset: int = 0  # index of the first local row in the global batch
+
+
 def clip_logits(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    columns: Columns | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits_per_image = s·I·Tᵀ and logits_per_text = s·T·Iᵀ (its transpose)."""
+    """logits_per_image = s·I·Tᵀ and logits_per_text = s·T·Iᵀ (its transpose); with `columns`, the local rows
+    against the global batch's columns: s·I·T_allᵀ and s·T·I_allᵀ."""
+    if columns is not None:
+        return logit_scale * image_features @ columns.text.T, logit_scale * text_features @ columns.image.T
     logits_per_image = logit_scale * image_features @ text_features.T
     return logits_per_image, logits_per_image.T
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    columns: Columns | None = None,
+) -> torch.Tensor:
     """L_CLIP = ½[CE(s·I·Tᵀ, y) + CE(s·T·Iᵀ, y)] with y = arange(b): the i-th image matches the i-th text.
 
-    Single-process form of open_clip's ClipLoss (world size 1, so `local_loss` makes no difference).
+    open_clip's ClipLoss; with `columns` its `local_loss` form, whose labels are shifted to the local rows.
     """
-    logits_per_image, logits_per_text = clip_logits(image_features, text_features, logit_scale)
-    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+    logits_per_image, logits_per_text = clip_logits(image_features, text_features, logit_scale, columns)
+    offset = columns.offset if columns is not None else 0
+    labels = torch.arange(offset, offset + logits_per_image.shape[0], device=logits_per_image.device)
     return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
 
 
@@ -47,6 +74,8 @@ def mobileclip_distill_loss(
     teacher_dims: Sequence[int],
     teacher_scales: Sequence[float],
     average_after_softmax: bool = True,
+    columns: Columns | None = None,
+    teacher_columns: Columns | None = None,
 ) -> torch.Tensor:
     """MobileCLIP's L_Distill = ½(L^I2T + L^T2I) against a K-teacher ensemble [papers.md §1.2, §8 B].
 
@@ -62,12 +91,17 @@ def mobileclip_distill_loss(
     so one scale s multiplies s·(cos_1 + … + cos_K) before a single softmax and `teacher_dims` is ignored (§9).
     The patch's quirks are not reproduced (§9): scales are never broadcast or defaulted, and dims must cover the
     stored width exactly.
+
+    `columns` / `teacher_columns` (both or neither): the global batch's student and teacher features when these
+    are one process's rows of it; every term is a row mean, so rows split across processes exactly.
     """
     _check_features(image_features, text_features, teacher_image, teacher_text)
+    if (columns is None) != (teacher_columns is None):
+        raise ValueError("columns and teacher_columns go together: both (a multi-process batch) or neither")
     target_i2t, target_t2i = _teacher_targets(
-        teacher_image, teacher_text, teacher_dims, teacher_scales, average_after_softmax
+        teacher_image, teacher_text, teacher_dims, teacher_scales, average_after_softmax, teacher_columns
     )
-    logits_per_image, logits_per_text = clip_logits(image_features, text_features, logit_scale)
+    logits_per_image, logits_per_text = clip_logits(image_features, text_features, logit_scale, columns)
     return 0.5 * (F.cross_entropy(logits_per_image, target_i2t) + F.cross_entropy(logits_per_text, target_t2i))
 
 
@@ -152,6 +186,8 @@ def affinity_mimicking_loss(
     teacher_text: torch.Tensor,
     temperature: float = 1 / 50,
     teacher_dims: Sequence[int] | None = None,
+    columns: Columns | None = None,
+    teacher_columns: Columns | None = None,
 ) -> torch.Tensor:
     """TinyCLIP's affinity mimicking, ½[CE(A^s_I2T ← A^t_I2T) + CE(A^s_T2I ← A^t_T2I)] [papers.md §2.1, §8 B].
 
@@ -174,6 +210,8 @@ def affinity_mimicking_loss(
         teacher_dims=list(teacher_dims) if ensemble else (),  # one pair: taken whole by the single-softmax path
         teacher_scales=[scale] * (len(teacher_dims) if ensemble else 1),
         average_after_softmax=ensemble,
+        columns=columns,
+        teacher_columns=teacher_columns,
     )
 
 
@@ -183,11 +221,13 @@ def _teacher_targets(
     teacher_dims: Sequence[int],
     teacher_scales: Sequence[float],
     average_after_softmax: bool,
+    columns: Columns | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(P^I2T, P^T2I): the mean over teachers of the row softmaxes of s_k·Ψ^k_I Ψ^kᵀ_T and its transpose.
 
     Without averaging the full vectors are a single teacher (K = 1). The targets are detached: the teacher is a
-    fixed target, never trained by this loss, even when its tensors are shared with the student.
+    fixed target, never trained by this loss, even when its tensors are shared with the student. With `columns`
+    the rows are local and the columns the global batch's, each cut into the same per-teacher slices.
     """
     scales = [float(scale) for scale in teacher_scales]
     if not all(math.isfinite(scale) and scale > 0 for scale in scales):
@@ -204,16 +244,20 @@ def _teacher_targets(
                 f"teacher_scales needs one scale per teacher: {len(dims)} teachers (teacher_dims={dims}), got {scales}"
             )
         image_slices, text_slices = teacher_image.split(dims, dim=1), teacher_text.split(dims, dim=1)
+        column_slices: list[Columns | None] = [None] * len(dims)
+        if columns is not None:
+            split = zip(columns.image.split(dims, dim=1), columns.text.split(dims, dim=1), strict=True)
+            column_slices = [Columns(image, text, columns.offset) for image, text in split]
     else:
         if len(scales) != 1:
             raise ValueError(
                 "teacher_scales must hold exactly one scale when average_after_softmax=False (the concatenated "
                 f"vectors are one teacher), got {scales}"
             )
-        image_slices, text_slices = (teacher_image,), (teacher_text,)
+        image_slices, text_slices, column_slices = (teacher_image,), (teacher_text,), [columns]
     logits = [
-        clip_logits(image, text, image.new_tensor(scale))
-        for image, text, scale in zip(image_slices, text_slices, scales, strict=True)
+        clip_logits(image, text, image.new_tensor(scale), column)
+        for image, text, scale, column in zip(image_slices, text_slices, scales, column_slices, strict=True)
     ]
     target_i2t = torch.stack([logits_i2t.softmax(dim=1) for logits_i2t, _ in logits]).mean(dim=0)
     target_t2i = torch.stack([logits_t2i.softmax(dim=1) for _, logits_t2i in logits]).mean(dim=0)

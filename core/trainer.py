@@ -31,6 +31,7 @@ from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforcement_store import ReinforcementStore, TeacherLayout
 from ablate.core.data.sampler import StepBatchSampler
 from ablate.core.data.train_dataset import TrainDataset
+from ablate.core.distributed import ProcessGroup
 from ablate.core.evaluation import evaluate, evaluation_metric_names
 from ablate.core.fast_paths import DataWaitClock, TrainStep
 from ablate.core.models import parameter_counts
@@ -81,15 +82,19 @@ class Trainer:
         self.config, self.callbacks = config, list(callbacks)
         self.threads = configure_threads(config.train.threads)
         self.device = resolve_device(config.train.device)
-        self.step = TrainStep(config.train, self.device, config.optim.grad_clip_norm)  # the fast paths
+        # Every rank of a multi-process trial seeds alike: same initial weights, same mask noise.
+        self.group = ProcessGroup.from_environment(self.device)
+        self.rows = self.group.rows(config.train.batch_size)  # this rank's share of every batch
+        self.step = TrainStep(config.train, self.device, config.optim.grad_clip_norm, self.group)  # the fast paths
         seed_everything(config.seed)
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # The run folder describes itself (export, teachers and inheritance read it), tracked or not.
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
         self.checkpoint_dir = self.run_dir / "checkpoints"
-
-        self.tracker = RunTracker(config, self.run_dir) if config.tracking.enabled else None
+        self.tracker = None
+        if self.group.is_main:  # only rank 0 writes the run folder's records and logs
+            # The run folder describes itself (export, teachers and inheritance read it), tracked or not.
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
+            self.tracker = RunTracker(config, self.run_dir) if config.tracking.enabled else None
 
     def _build(self) -> None:
         """Model, optimizer (restored from the latest checkpoint if any) and data; inside `run` so that a
@@ -125,6 +130,7 @@ class Trainer:
             self.config.seed,
             self.start_step,
             self.config.train.steps,
+            self.rows,
         )
         workers = self.config.data.num_workers
         self.loader = DataLoader(
@@ -197,18 +203,21 @@ class Trainer:
                 self.tracker.set_tags({"ablate.error": f"{type(err).__name__}: {err}"[:4000]})
                 self.tracker.finish("FAILED")
             raise
+        finally:
+            self.group.close()
         result.wall_seconds = time.perf_counter() - self.started
         result.compute_seconds = self._compute_seconds()
-        if self.config.eval.efficiency and not result.stopped_early:
+        if self.config.eval.efficiency and not result.stopped_early and self.group.is_main:
             efficiency = efficiency_metrics(self.model)
             result.metrics |= efficiency
             if self.tracker:
                 self.tracker.log_metrics(efficiency, result.steps)
         compute_hours = result.compute_seconds / 3600
         if self.tracker:
-            hours = {"compute/wall_hours": compute_hours, "compute/cpu_hours": compute_hours * self.threads}
+            processes = self.group.world_size
+            hours = {"compute/wall_hours": compute_hours, "compute/cpu_hours": compute_hours * self.threads * processes}
             if self.device.type == "cuda":
-                hours["compute/gpu_hours"] = compute_hours
+                hours["compute/gpu_hours"] = compute_hours * processes
             self.tracker.log_metrics(hours, result.steps)
             self.tracker.finish("FINISHED")
         return result
@@ -227,7 +236,7 @@ class Trainer:
             self._evaluate(self.start_step, result, bf16)
             return
         self.model.train()
-        with _progress(settings.progress, settings.steps, self.start_step) as (progress, task):
+        with _progress(settings.progress and self.group.is_main, settings.steps, self.start_step) as (progress, task):
             for step, batch in enumerate(clock.wrap(self.loader), start=self.start_step):
                 model, optimizer = self.model, self.optimizer  # both are replaced when a stage prunes
                 sparsity = self._begin_stage_step(step)
@@ -235,7 +244,10 @@ class Trainer:
                 set_learning_rate(optimizer, lr)
                 batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
                 terms = self.step(  # autocast, (accumulated) backward, clip (model parameters only), step
-                    model, optimizer, batch, lambda m, b, s=sparsity: compute_loss(m, b, config.loss, self.teachers, s)
+                    model,
+                    optimizer,
+                    batch,
+                    lambda m, b, s=sparsity: compute_loss(m, b, config.loss, self.teachers, s, self.group),
                 )
                 model.clamp_logit_scale()
                 for name, value in terms.items():
@@ -246,8 +258,9 @@ class Trainer:
                 stage_metrics = self._end_stage_step(step, log_due)
 
                 if log_due:
+                    window_means = self._global_means(window_sums, window_steps)
                     train_metrics = {
-                        **{f"train/{name}": (total / window_steps).item() for name, total in window_sums.items()},
+                        **{f"train/{name}": value for name, value in window_means.items()},
                         "train/lr": lr,
                         "train/logit_scale": self.model.logit_scale.exp().item(),
                         "train/samples_per_s": window_steps
@@ -281,6 +294,13 @@ class Trainer:
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
                     self._save(done)
 
+    def _global_means(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+        """Per-step means of the window's loss terms, over all ranks: each rank holds its rows' share, and their
+        mean is the global batch's term. One collective per log step."""
+        names = sorted(sums)
+        means = self.group.mean(torch.stack([torch.as_tensor(sums[name], dtype=torch.float32) for name in names]))
+        return {name: value / steps for name, value in zip(names, means.tolist(), strict=True)}
+
     def _begin_stage_step(self, step: int) -> torch.Tensor | None:
         """Attach a stage's masks when its mask phase starts (their parameters join the optimizer) and return
         the sparsity loss of this step, or None outside mask phases."""
@@ -310,6 +330,8 @@ class Trainer:
         counts = {f"model/params_{k}": float(v) for k, v in parameter_counts(self.model).items()}
         self.run_metrics |= counts | {"compression/realised_sparsity": pruned.result.counts["realised_sparsity"]}
         stage_metrics = {f"compression/stage{pruned.stage}/{k}": float(v) for k, v in pruned.result.counts.items()}
+        if not self.group.is_main:  # every rank pruned the same model; rank 0 keeps the record
+            return
         folder = self.run_dir / "pruned"
         folder.mkdir(exist_ok=True)
         path = folder / f"stage-{pruned.stage}.pt"
@@ -327,16 +349,20 @@ class Trainer:
             self.tracker.log_artifact(path, "pruned")
 
     def _evaluate(self, step: int, result: TrainResult, bf16: bool) -> bool:
-        """Evaluate, log, and ask the callbacks whether to stop."""
+        """Evaluate, log, and ask the callbacks whether to stop (rank 0; the other ranks wait for its answer)."""
+        if not self.group.is_main:
+            return self.group.agree(False)
         metrics = evaluate(self.model, self.eval_set, self.config.eval.batch_size, self.device, bf16)
         result.metrics = self.run_metrics | metrics
         result.history.append((step, metrics))
         if self.tracker:
             self.tracker.log_metrics(metrics, step)
         log.info("step %d: %s", step, ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items()))
-        return any(callback(step, metrics) for callback in self.callbacks)
+        return self.group.agree(any(callback(step, metrics) for callback in self.callbacks))
 
     def _save(self, step: int) -> None:
+        if not self.group.is_main:  # the ranks hold identical weights and optimizer states
+            return
         save_checkpoint(
             self.checkpoint_dir,
             step,

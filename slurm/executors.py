@@ -35,9 +35,10 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def threads_per_trial(requested: int | None, parallel: int) -> int:
-    """An equal share of this machine's CPUs for each concurrently running trial."""
-    return requested or max(1, available_cpus() // parallel)
+def threads_per_trial(requested: int | None, parallel: int, processes: int = 1) -> int:
+    """Threads of each process of a trial: an equal share of this machine's CPUs for every process of the
+    concurrently running trials."""
+    return requested or max(1, available_cpus() // (parallel * processes))
 
 
 class LocalTrialExecutor:
@@ -55,7 +56,7 @@ class LocalTrialExecutor:
             if not job.done():
                 continue
             try:
-                ended[job.job_id] = JobEnd(result=job.result())
+                ended[job.job_id] = JobEnd(result=_rank_zero(job).result())
             except Exception as err:  # the trial raised, or its process died
                 ended[job.job_id] = JobEnd(error=str(err))
         return ended
@@ -67,11 +68,13 @@ class LocalTrialExecutor:
 class SlurmTrialExecutor:
     """sbatch via submitit; states and usage from one batched sacct query per poll."""
 
-    def __init__(self, folder: Path, timeout_min: int, slurm: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, timeout_min: int, slurm: dict[str, Any], nodes: int, tasks_per_node: int) -> None:
         self.executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=slurm["max_requeues"])
         parameters: dict[str, Any] = {
             "job_name": "ablate-trial",
             "time": timeout_min,
+            "nodes": nodes,
+            "ntasks_per_node": tasks_per_node,
             "cpus_per_task": slurm["cpus_per_task"],
             "array_parallelism": slurm["array_parallelism"],
             "signal_delay_s": slurm["signal_delay_s"],
@@ -103,9 +106,9 @@ class SlurmTrialExecutor:
             if record is None or record.active:
                 continue
             retriable = record.state not in NOT_RETRIED_STATES
-            if job.paths.result_pickle.exists():
+            if _rank_zero(job).paths.result_pickle.exists():
                 try:
-                    ended[job.job_id] = JobEnd(result=job.result(), usage=record.usage)
+                    ended[job.job_id] = JobEnd(result=_rank_zero(job).result(), usage=record.usage)
                 except Exception as err:  # the trial raised: submitit pickled its traceback
                     ended[job.job_id] = JobEnd(error=str(err), retriable=retriable, usage=record.usage)
                 continue
@@ -120,6 +123,12 @@ class SlurmTrialExecutor:
         job.cancel(check=False)
 
 
+def _rank_zero(job: submitit.Job) -> submitit.Job:
+    """The task whose result is the trial's: a multi-process trial is one job of several tasks, and only rank 0
+    reports (the others return nothing)."""
+    return job.task(0) if job.num_tasks > 1 else job
+
+
 def _log_tail(job: submitit.Job, lines: int = 10) -> str:
     for path in (job.paths.stderr, job.paths.stdout):
         if path.is_file():
@@ -132,12 +141,20 @@ def _log_tail(job: submitit.Job, lines: int = 10) -> str:
 TrialExecutor = LocalTrialExecutor | SlurmTrialExecutor
 
 
-def make_executor(kind: str, folder: Path, timeout_min: int, slurm: dict[str, Any] | None = None) -> TrialExecutor:
+def make_executor(
+    kind: str,
+    folder: Path,
+    timeout_min: int,
+    slurm: dict[str, Any] | None = None,
+    nodes: int = 1,
+    tasks_per_node: int = 1,
+) -> TrialExecutor:
+    """`nodes` x `tasks_per_node` processes per trial; more than one makes each trial a torch.distributed job."""
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "debug":
         return LocalTrialExecutor(submitit.DebugExecutor(folder=folder))
     if kind == "slurm":
-        return SlurmTrialExecutor(folder, timeout_min, slurm or {})
+        return SlurmTrialExecutor(folder, timeout_min, slurm or {}, nodes, tasks_per_node)
     executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(timeout_min=timeout_min)
+    executor.update_parameters(timeout_min=timeout_min, tasks_per_node=tasks_per_node)
     return LocalTrialExecutor(executor)

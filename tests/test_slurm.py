@@ -256,6 +256,36 @@ def test_compute_comes_from_slurm_accounting(served_study) -> None:
     MEASUREMENTS["study_cpu_hours_from_sacct"] = status["cpu_hours"]
 
 
+def test_a_two_process_trial_runs_as_one_gloo_job_and_only_rank_zero_reports(
+    slurm_cluster: dict, tmp_path: Path, shapes_root: Path
+) -> None:
+    """`tasks_per_node: 2`: one SLURM job of two tasks (submitit's distributed environment, gloo), each reading
+    half of every batch; the trial completes with one MLflow run whose loss history is a single process's."""
+    path = slurm_study(
+        tmp_path,
+        shapes_root,
+        "two-ranks",
+        {"steps": 6, "batch_size": 16, "eval_every": 6, "log_every": 2, "checkpoint_every": 6},
+        executor={
+            "kind": "slurm",
+            "poll_seconds": 1.0,
+            "timeout_min": 10,
+            "retries": 0,
+            "tasks_per_node": 2,
+            "slurm": {"cpus_per_task": 1},
+        },
+    )
+    result = launch(path, Console(quiet=True))
+    assert [outcome.state for outcome in result.outcomes] == ["complete"]
+    (run,) = trial_runs(path)
+    client = MlflowClient(tracking_uri=prepare(path)[0].storage.mlflow)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 4, 6]
+    assert OBJECTIVE in run.data.metrics
+    job = job_record(Path(run.data.tags["ablate.run_dir"]))
+    (row,) = sacct_rows([job["job_id"]], "JobID,State,NTasks,AllocCPUS")
+    assert row["State"] == "COMPLETED" and row["AllocCPUS"] == "2"
+
+
 # -- requeue resumes: by scontrol requeue, and at a short --time limit ----------------------------------------
 # The same configuration three times: an uninterrupted reference, one requeued by hand after its first
 # checkpoint, one whose 2-minute limit interrupts it. slurmctld checks time limits every 30 s from its start and

@@ -16,11 +16,20 @@ from torch.utils.data import Sampler
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int, end_step: int) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        start_step: int,
+        end_step: int,
+        rows: slice = slice(None),
+    ) -> None:
+        """`rows`: the part of each batch this process reads (its rank's share in a multi-process trial)."""
         if num_samples < batch_size:
             raise ValueError(f"the training split has {num_samples} samples, fewer than one batch ({batch_size})")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.start_step, self.end_step = start_step, end_step
+        self.start_step, self.end_step, self.rows = start_step, end_step, rows
         self.batches_per_epoch = num_samples // batch_size  # the ragged tail of each epoch is dropped
 
     def epoch_permutation(self, epoch: int) -> torch.Tensor:
@@ -34,7 +43,7 @@ class StepBatchSampler(Sampler[list[int]]):
             if step_epoch != epoch:
                 epoch, permutation = step_epoch, self.epoch_permutation(step_epoch)
             positions = permutation[batch * self.batch_size : (batch + 1) * self.batch_size]
-            yield (positions + epoch * self.num_samples).tolist()  # visit ids: epoch·n + position
+            yield (positions[self.rows] + epoch * self.num_samples).tolist()  # visit ids: epoch·n + position
 
     def __len__(self) -> int:
         return self.end_step - self.start_step
