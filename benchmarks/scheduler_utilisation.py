@@ -133,7 +133,7 @@ def main() -> None:
         generate_shapes(data, train=1024, val=128, seed=0, samples_per_shard=512)
         async_result = run_async(root / "async", data, args.trials, args.parallel, args.seed)
         spec, _ = prepare(root / "async" / "study.yaml")
-        study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+        study = optuna.load_study(study_name=spec.name, storage=spec.open_optuna_storage())
         steps = [trial.params["train.steps"] for trial in study.trials]
         batch_result = run_batch_synchronous(root / "batch", data, steps, args.parallel)
     print(
