@@ -15,6 +15,7 @@ import optuna
 from ablate.ablations.optuna_study import distributions, fixed_params, grid_points, make_sampler
 from ablate.ablations.spec import CategoricalParam, StudySpec
 from ablate.core.bundled_teachers import BUNDLED_RECIPE, teacher_metrics
+from ablate.core.compression_stages import inheritance_source
 from ablate.core.config import TrainConfig
 from ablate.core.config_io import ConfigError, apply_overrides, validate_train_config
 from ablate.core.data.bundled import bundled_shapes_path
@@ -49,6 +50,7 @@ def check_runtime(spec: StudySpec, base: dict[str, Any], source: str) -> tuple[s
         data = f"bundled shapes benchmark at {root} ({'cached' if cached else 'generated on first launch'})"
     data += describe_teachers(config)
     _check_model_names(spec, base, source)
+    _check_inheritance_sources(spec, base, source)
     reported = result_metric_names(tasks)
     for index, objective in enumerate(spec.objectives):
         if objective.metric not in reported:
@@ -72,12 +74,28 @@ def describe_teachers(config: TrainConfig) -> str:
     return ""
 
 
+def _fixed_configs(spec: StudySpec, base: dict[str, Any], source: str) -> dict[str, TrainConfig]:
+    """The base and every baseline as validated configs, keyed by where they come from in the study file."""
+    trees = {"base": base}
+    trees |= {f"baselines.{name}": apply_overrides(base, b.overrides) for name, b in spec.baselines.items()}
+    return {where: validate_train_config(tree, source) for where, tree in trees.items()}
+
+
+def _check_inheritance_sources(spec: StudySpec, base: dict[str, Any], source: str) -> None:
+    """Compression that inherits from a named checkpoint must know its architecture before any trial starts."""
+    for where, config in _fixed_configs(spec, base, source).items():
+        compression = config.compression
+        if compression is None or compression.inherit == "none" or compression.teacher_checkpoint == "bundled":
+            continue
+        try:
+            inheritance_source(compression)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {where}: {err}") from None
+
+
 def _check_model_names(spec: StudySpec, base: dict[str, Any], source: str) -> None:
     known = {entry.name for entry in list_models()}
-    candidates = {("base", validate_train_config(base, source).model.name)}
-    for name, baseline in spec.baselines.items():
-        tree = apply_overrides(base, baseline.overrides)
-        candidates.add((f"baselines.{name}", validate_train_config(tree, source).model.name))
+    candidates = {(where, config.model.name) for where, config in _fixed_configs(spec, base, source).items()}
     choice = spec.search_space.get("model.name")
     if isinstance(choice, CategoricalParam):
         candidates.update(("search_space.model.name", value) for value in choice.choices)

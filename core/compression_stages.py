@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from ablate.core.compression import (
@@ -31,8 +33,25 @@ from ablate.core.compression import (
     reference_sizes,
 )
 from ablate.core.config import TeacherSpec
+from ablate.core.config_io import ConfigError
 from ablate.core.models import CLIP
 from ablate.core.teachers import load_teacher
+
+
+def inheritance_source(config: CompressionConfig) -> TeacherSpec:
+    """The checkpoint weights are inherited from (not `bundled`) and its architecture: `teacher_model`, or the
+    model a run folder of ours records in its `config.yaml`; an open_clip file must be named explicitly."""
+    checkpoint = Path(str(config.teacher_checkpoint))
+    model = config.teacher_model
+    described = checkpoint / "config.yaml"
+    if model is None and described.is_file():
+        model = (yaml.safe_load(described.read_text()).get("model") or {}).get("name")
+    if model is None:
+        raise ConfigError(
+            f"compression.teacher_model: not set, and compression.teacher_checkpoint {str(checkpoint)!r} is not a run "
+            "folder whose config.yaml names its model; give the teacher's architecture (a factory name)"
+        )
+    return TeacherSpec(model=model, checkpoint=str(checkpoint))
 
 
 @dataclass
@@ -57,15 +76,12 @@ class CompressionStages:
     # --- the student ---------------------------------------------------------------------------------------------
     def teacher_spec(self) -> TeacherSpec:
         """The model weights are inherited from; `bundled` names the bundled benchmark's first teacher."""
-        checkpoint, model = self.config.teacher_checkpoint, self.config.teacher_model
-        if checkpoint == "bundled":
+        if self.config.teacher_checkpoint == "bundled":
             from ablate.core.bundled_teachers import train_teachers
 
             bundled = train_teachers(progress=False)[0]
-            return TeacherSpec(model=model or bundled.model, checkpoint=bundled.checkpoint)
-        if model is None:
-            raise ValueError("compression.teacher_model must name the teacher's architecture (a factory name)")
-        return TeacherSpec(model=model, checkpoint=str(checkpoint))
+            return TeacherSpec(model=self.config.teacher_model or bundled.model, checkpoint=bundled.checkpoint)
+        return inheritance_source(self.config)
 
     def initial_model(self, build: Callable[[], CLIP]) -> CLIP:
         """The student at step 0: built from scratch, inherited manually, or a trainable copy of the teacher."""

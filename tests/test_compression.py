@@ -356,3 +356,20 @@ def test_automatic_inheritance_is_a_trainable_copy_of_the_teacher() -> None:
     assert student.training and all(p.requires_grad for p in student.parameters())
     for (name, a), b in zip(teacher.state_dict().items(), student.state_dict().values(), strict=True):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+
+
+def test_inheritance_source_reads_the_architecture_a_run_folder_records(tmp_path) -> None:
+    """A run folder of ours names its model in config.yaml, so `teacher_model` may be left out; any other
+    checkpoint without it is refused, naming the field, before a trial would start."""
+    from ablate.core.compression_stages import inheritance_source
+    from ablate.core.config_io import ConfigError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model:\n  name: small\n")
+    auto = {"schedule": [0.5], "inherit": "auto"}
+    spec = inheritance_source(CompressionConfig(**auto, teacher_checkpoint=str(tmp_path / "run")))
+    assert (spec.model, spec.checkpoint) == ("small", str(tmp_path / "run"))
+    named = CompressionConfig(**auto, teacher_checkpoint=str(tmp_path / "run"), teacher_model="tiny")
+    assert inheritance_source(named).model == "tiny"
+    with pytest.raises(ConfigError, match=r"compression.teacher_model: not set.*open_clip.pt"):
+        inheritance_source(CompressionConfig(**auto, teacher_checkpoint=str(tmp_path / "open_clip.pt")))
