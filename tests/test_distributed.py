@@ -112,3 +112,42 @@ def test_each_rank_reads_its_own_rows_and_a_batch_that_does_not_split_is_refused
     assert ProcessGroup().rows(16) == slice(0, 16)
     with pytest.raises(ConfigError, match=r"train.batch_size: 16 does not split over the trial's 3 processes"):
         ProcessGroup(1, 3).rows(16)
+
+
+def test_row_shares_of_every_loss_average_to_the_whole_batch_loss() -> None:
+    """The identity the ranks rely on, in one process: split 12 rows into 3 shares scored against all columns;
+    the mean of the shares is the loss on the whole batch, for CLIP, MobileCLIP KD (ensemble and concatenated)
+    and TinyCLIP affinity mimicking."""
+    from ablate.core import losses
+
+    generator = torch.Generator().manual_seed(3)
+
+    def unit(*shape: int) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=generator, dtype=torch.float64), dim=-1)
+
+    image, text, teacher_image, teacher_text = unit(12, 6), unit(12, 6), unit(12, 8), unit(12, 8)
+    scale = torch.tensor(20.0, dtype=torch.float64)
+    variants = {
+        "clip": lambda i, t, ti, tt, c, tc: losses.clip_loss(i, t, scale, c),
+        "kd": lambda i, t, ti, tt, c, tc: losses.mobileclip_distill_loss(
+            i, t, scale, ti, tt, [4, 4], [30.0, 10.0], True, c, tc
+        ),
+        "kd_concatenated": lambda i, t, ti, tt, c, tc: losses.mobileclip_distill_loss(
+            i, t, scale, ti, tt, [8], [30.0], False, c, tc
+        ),
+        "affinity": lambda i, t, ti, tt, c, tc: losses.affinity_mimicking_loss(i, t, ti, tt, 1 / 50, [4, 4], c, tc),
+    }
+    for name, loss in variants.items():
+        whole = loss(image, text, teacher_image, teacher_text, None, None)
+        shares = [
+            loss(
+                image[rows],
+                text[rows],
+                teacher_image[rows],
+                teacher_text[rows],
+                losses.Columns(image, text, rows.start),
+                losses.Columns(teacher_image, teacher_text, rows.start),
+            )
+            for rows in (ProcessGroup(rank, 3).rows(12) for rank in range(3))
+        ]
+        assert torch.stack(shares).mean().item() == pytest.approx(whole.item(), abs=1e-12), name
