@@ -17,6 +17,8 @@ machine slows both alike.
   settings), with both towers merged; samples/s and the cosine of image and text embeddings.
 
     .venv/bin/python benchmarks/token_merging.py [--threads 2] [--quick] [--out results.json]
+    .venv/bin/python benchmarks/token_merging.py --zero-shot-only --model mci-tiny --checkpoint RUN_DIR \
+        --data SHAPES_ROOT --rs 0,1,2
 """
 
 from __future__ import annotations
@@ -185,7 +187,10 @@ def reinforcement_sweep(rs: list[int], samples: int, repeats: int) -> list[dict]
     return rows
 
 
-def zero_shot_sweep(model_name: str, checkpoint: str, data_root: str, rs: list[int]) -> list[dict]:
+def zero_shot_sweep(model_name: str, checkpoint: str, data_root: str, rs: list[int], repeats: int) -> list[dict]:
+    """The trade-off table for a trained model: per r, its image tower's speed-up and FLOP ratio over r = 0
+    (timed on val images, exact and merged interleaved), the cosine of its image embeddings to the exact ones,
+    next to the zero-shot accuracy and its change."""
     from ablate.core.config import TeacherSpec
     from ablate.core.data.dataset import EvalDataset
     from ablate.core.data.manifest import load_manifest
@@ -194,11 +199,17 @@ def zero_shot_sweep(model_name: str, checkpoint: str, data_root: str, rs: list[i
 
     model = load_teacher(TeacherSpec(model=model_name, checkpoint=checkpoint))
     dataset = EvalDataset(load_manifest(data_root), model.inputs, "val", None)
+    images = shapes_images(32, model.inputs.image_size)
+    speed = {row["r"]: row for row in sweep_tower(model_name, model.visual, images, rs, repeats)}
     rows = []
     for r in rs:
         with torch.inference_mode(), token_merging(model, MergeSchedule(r=r)):
             metrics = evaluate(model, dataset, 128, torch.device("cpu"))
-        rows.append({"r": r, **{k.removeprefix("eval/"): v for k, v in metrics.items() if "zeroshot" in k}})
+        accuracy = {k.removeprefix("eval/"): v for k, v in metrics.items() if "zeroshot" in k}
+        timing = {name: speed[r][name] for name in ("speedup", "flop_ratio", "cos_mean")}
+        rows.append({"r": r, **timing, **accuracy})
+    for row in rows:
+        row["mean_top1_change"] = row["zeroshot/mean_top1"] - rows[0]["zeroshot/mean_top1"]
     return rows
 
 
@@ -217,11 +228,26 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="trained run folder for zero-shot accuracy (with --model)")
     parser.add_argument("--model", default="small")
     parser.add_argument("--data", help="shapes dataset root for zero-shot accuracy")
+    parser.add_argument("--rs", default="0,2,4,6,8", help="merge counts of the zero-shot sweep, e.g. 0,1,2 for MCi")
+    parser.add_argument("--zero-shot-only", action="store_true", help="skip the random-init tower sweeps")
     parser.add_argument("--out", help="write all rows as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batch = 8 if args.quick else 32
     results: dict[str, list[dict]] = {}
+    if not args.zero_shot_only:
+        tower_sweeps(results, batch, args)
+    if args.checkpoint and args.data:
+        rs = [int(r) for r in args.rs.split(",")]
+        results["zero_shot"] = zero_shot_sweep(args.model, args.checkpoint, args.data, rs, args.repeats)
+        show(f"Zero-shot trade-off on {args.data} val ({args.model} @ {args.checkpoint})", results["zero_shot"])
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+def tower_sweeps(results: dict[str, list[dict]], batch: int, args: argparse.Namespace) -> None:
+    """Random-init towers: FLOPs, speed and embedding fidelity per r (no accuracy without training)."""
 
     torch.manual_seed(0)
     small = create_model("small").visual.eval()
@@ -248,13 +274,6 @@ def main() -> None:
 
     results["reinforcement_small"] = reinforcement_sweep([0, 2, 4, 8], 4 if args.quick else 16, args.repeats)
     show("Reinforcement teacher `small` (5 images + 6 captions per sample)", results["reinforcement_small"])
-
-    if args.checkpoint and args.data:
-        results["zero_shot"] = zero_shot_sweep(args.model, args.checkpoint, args.data, [0, 2, 4, 6, 8])
-        show(f"Zero-shot on {args.data} val ({args.model} @ {args.checkpoint})", results["zero_shot"])
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":
