@@ -27,7 +27,9 @@ class TeacherRecipe:
     """How the bundled teachers are trained; its hash names their cache folder."""
 
     models: tuple[str, ...] = ("small", "small")
-    steps: int = 300
+    # 300 steps left the teachers no better than a λ = 0 student on zero-shot (0.444 vs 0.442: shape stayed at
+    # chance); at 1200 they learn some shape (teacher 0: zero-shot 0.536, i2t R@1 0.47). ~25 min each on 2 cores.
+    steps: int = 1200
     batch_size: int = 64
     lr: float = 1e-3
     caption: str = "syn"
@@ -73,7 +75,7 @@ def teacher_config(recipe: TeacherRecipe, index: int, run_dir: Path, progress: b
             "train": {
                 "steps": recipe.steps,
                 "batch_size": recipe.batch_size,
-                "eval_every": recipe.steps,
+                "eval_every": max(1, recipe.steps // 6),
                 "checkpoint_every": max(1, recipe.steps // 4),
                 "keep_checkpoints": 1,
                 "progress": progress,
