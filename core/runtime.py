@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -40,3 +41,12 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device: 'cuda' requested but no CUDA device is available")
     return torch.device(requested)
+
+
+def ignore_job_signals(_worker_id: int) -> None:
+    """`worker_init_fn` of training loaders. Forked workers inherit the trainer's signal handlers, submitit's
+    checkpoint-and-requeue on SIGUSR2 among them, and SLURM signals every process of the job before its time
+    limit: each worker would then run `scontrol requeue` too (found by the time-limit requeue test, where the
+    duplicates failed the job). Only the trainer checkpoints; workers ignore USR2 and die normally on TERM."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -40,7 +40,7 @@ from ablate.core.models.efficiency import efficiency_metric_names, efficiency_me
 from ablate.core.objective import TeacherSource, compute_loss
 from ablate.core.optim import build_optimizer, learning_rate, set_learning_rate
 from ablate.core.quality.store import QUALITY_FILE, compute_quality, select_uids
-from ablate.core.runtime import configure_threads, resolve_device, seed_everything
+from ablate.core.runtime import configure_threads, ignore_job_signals, resolve_device, seed_everything
 from ablate.core.teachers import TeacherEnsemble
 from ablate.core.tracking import RunTracker
 
@@ -141,6 +141,7 @@ class Trainer:
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None,
             generator=torch.Generator().manual_seed(self.config.seed),  # not the global RNG: resume stays exact
+            worker_init_fn=ignore_job_signals,
         )
 
     def _training_data(self, manifest) -> TrainDataset:

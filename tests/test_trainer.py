@@ -14,10 +14,12 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from torch.utils.data import DataLoader
 from train_helpers import fast_config
 
 from ablate.core.checkpoint import latest_checkpoint
 from ablate.core.config import TrainConfig
+from ablate.core.runtime import ignore_job_signals
 from ablate.core.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -115,3 +117,25 @@ def test_rerunning_a_finished_run_only_reevaluates(tmp_path: Path, shapes_root: 
     again = train(TrainConfig.model_validate(tree))
     assert again.resumed_from == 10 and again.steps == 10
     assert again.metrics == first.metrics
+
+
+class _WorkerSignals(torch.utils.data.Dataset):
+    """Each item says how the worker that loaded it handles USR2 and TERM."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> tuple[str, str]:
+        return str(signal.getsignal(signal.SIGUSR2)), str(signal.getsignal(signal.SIGTERM))
+
+
+def test_loader_workers_leave_slurm_checkpoint_signals_to_the_trainer() -> None:
+    """With a submitit-like USR2 handler installed in the trainer, its forked loader workers ignore USR2 (SLURM
+    signals every process of a job; only the trainer may checkpoint and requeue) and die on TERM."""
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)
+    try:
+        loader = DataLoader(_WorkerSignals(), batch_size=None, num_workers=2, worker_init_fn=ignore_job_signals)
+        assert {tuple(item) for item in loader} == {(str(signal.SIG_IGN), str(signal.SIG_DFL))}
+        assert signal.getsignal(signal.SIGUSR2) not in (signal.SIG_IGN, signal.SIG_DFL)  # the trainer keeps its own
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
