@@ -28,10 +28,10 @@ def storage_file(url: str) -> Path | None:
 
 def open_optuna_storage(url: str) -> Any:
     """The URL itself for databases; a `JournalStorage` for `journal:PATH` (its folder is created)."""
-    if not url.startswith(JOURNAL_PREFIX):
+    path = storage_file(url)
+    if not url.startswith(JOURNAL_PREFIX) or path is None:
         return url
     import optuna  # here, so that validating a study file stays light
 
-    path = Path(url.removeprefix(JOURNAL_PREFIX))
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))

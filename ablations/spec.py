@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ablate.ablations.optuna_storage import open_optuna_storage
+from ablate.ablations.optuna_storage import JOURNAL_PREFIX, open_optuna_storage, storage_file
 from ablate.core.config_io import (
     ConfigError,
     apply_overrides,
@@ -326,10 +326,11 @@ class StudySpec(_Strict):
         """The storage URL; `journal:/abs/path` for journal files (Optuna has no URL form for them)."""
         if self.storage.optuna is None:
             if self.executor.kind == "slurm":
-                return f"journal:{(self.run_folder / 'optuna.journal').resolve()}"
+                return f"{JOURNAL_PREFIX}{(self.run_folder / 'optuna.journal').resolve()}"
             return f"sqlite:///{(self.run_folder / 'optuna.db').resolve()}"
-        if self.storage.optuna.startswith("journal:"):
-            return f"journal:{Path(self.storage.optuna.removeprefix('journal:')).resolve()}"
+        journal = storage_file(self.storage.optuna) if self.storage.optuna.startswith(JOURNAL_PREFIX) else None
+        if journal is not None:
+            return f"{JOURNAL_PREFIX}{journal.resolve()}"
         return self.storage.optuna
 
     def open_optuna_storage(self) -> Any:

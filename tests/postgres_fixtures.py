@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from train_helpers import free_port
 
 SUPERUSER = "ablate"
 SPEED_OVER_DURABILITY = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -41,12 +42,6 @@ def find_bindir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) are not on PATH or in /usr/lib/postgresql/*/bin "
         "(Debian: apt-get install postgresql)"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ def running_postgres() -> Iterator[PostgresServer]:
             "UTF8",
             "--locale=C",
         )
-        port = _free_port()
+        port = free_port()
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} {SPEED_OVER_DURABILITY}"
         run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
         try:

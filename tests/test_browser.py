@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow_fixtures import SyntheticStudy, build_study, rich_report
 from PIL import Image
+from train_helpers import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = os.environ.get("ABLATE_SCREENSHOTS")  # a folder that keeps copies of the screenshots to look at
@@ -76,9 +76,7 @@ def test_report_html_renders_with_its_figures(tmp_path):
 def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, SyntheticStudy]]:
     """`mlflow server` on a free port over a synthetic store, stopped whatever the test does."""
     study = build_study(tmp_path / "store", rich=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [
         str(Path(sys.executable).with_name("mlflow")),
         "server",

@@ -6,7 +6,6 @@ its rows, gather the others' features and average gradients. They must agree to 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from distributed_workers import CASES, loss_worker, step_terms_and_gradients, train_worker
 from mlflow.tracking import MlflowClient
-from train_helpers import fast_config
+from train_helpers import fast_config, free_port
 
 from ablate.core.config import DataConfig, TrainConfig
 from ablate.core.config_io import ConfigError
@@ -23,12 +22,6 @@ from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.distributed import ProcessGroup
 from ablate.core.models import create_model
 from ablate.core.trainer import train
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
-from train_helpers import fast_config, trial_runs, write_study_yaml
+from train_helpers import fast_config, free_port, trial_runs, write_study_yaml
 from typer.testing import CliRunner
 
 from ablate.ablations.cli import app
@@ -122,12 +121,6 @@ def launch_in_thread(path: Path) -> tuple[threading.Thread, list[LaunchResult]]:
     thread = threading.Thread(target=lambda: outcome.append(launch(path, Console(quiet=True))), daemon=True)
     thread.start()
     return thread, outcome
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # -- validation: nothing from a study file reaches sbatch unchecked ------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import optuna
@@ -55,3 +56,10 @@ def optuna_study(path: Path) -> optuna.Study:
     """The Optuna study of a launched study file."""
     spec, _ = prepare(path)
     return optuna.load_study(study_name=spec.name, storage=spec.open_optuna_storage())
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for servers and process groups a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
