@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from ablate.ablations.spec import StudySpec
 from ablate.ablations.trial import JOB_RECORD, RESULT_RECORD, SUBMISSION_RECORD, read_slurm_usage
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 from ablate.slurm.accounting import Accounting
 
 STUDY_RECORD = "study.json"

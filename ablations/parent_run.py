@@ -8,7 +8,7 @@ import json
 from mlflow.tracking import MlflowClient
 
 from ablate.ablations.spec import StudySpec
-from ablate.core.tracking import ensure_tracking_store, get_or_create_experiment
+from ablate.core.training.tracking import ensure_tracking_store, get_or_create_experiment
 
 
 def open_parent_run(spec: StudySpec) -> str:

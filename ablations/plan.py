@@ -14,16 +14,17 @@ import optuna
 
 from ablate.ablations.optuna_study import distributions, fixed_params, grid_points, make_sampler
 from ablate.ablations.spec import CategoricalParam, StudySpec
-from ablate.core.bundled_teachers import BUNDLED_RECIPE, teacher_metrics
-from ablate.core.compression_stages import inheritance_source
-from ablate.core.config import TrainConfig
-from ablate.core.config_io import ConfigError, apply_overrides, validate_train_config
+from ablate.core.compression.stages import inheritance_source
+from ablate.core.config.base import ConfigError
+from ablate.core.config.loading import apply_overrides, validate_train_config
+from ablate.core.config.sections import TrainConfig
 from ablate.core.data.bundled import bundled_shapes_path
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforcement_store import reinforcement_shards
 from ablate.core.data.shapes import zero_shot_tasks
-from ablate.core.models import list_models
-from ablate.core.trainer import result_metric_names
+from ablate.core.models.factory import list_models
+from ablate.core.teachers.bundled import BUNDLED_RECIPE, teacher_metrics
+from ablate.core.training.trainer import result_metric_names
 from ablate.slurm.executors import threads_per_trial
 
 

@@ -39,9 +39,10 @@ from ablate.ablations.trial import (
     write_json_atomically,
 )
 from ablate.ablations.work import Group, Replicate, build_group, replicate_tree
-from ablate.core.bundled_teachers import prepare_teacher_data
-from ablate.core.config_io import ConfigError, validate_train_config
+from ablate.core.config.base import ConfigError
+from ablate.core.config.loading import validate_train_config
 from ablate.core.data.bundled import resolve_data_root
+from ablate.core.teachers.bundled import prepare_inputs
 from ablate.slurm.executors import JobEnd, make_executor, threads_per_trial
 
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -84,11 +85,11 @@ def launch(study_path: Path | str, console: Console | None = None) -> LaunchResu
         # Recorded self-contained (base inlined, overrides applied) so `ablate resume` needs no other file.
         recorded = spec.model_copy(update={"base": base, "overrides": {}})
         (spec.run_folder / STUDY_RECORD).write_text(recorded.model_dump_json(indent=2))
-        # The stores and the bundled data are created here, once, before any worker could race on them.
+        # The stores, the bundled data and teachers are created here, once, before any worker could race on them.
         check_runtime(spec, base, str(study_path))
         base_config = validate_train_config(base, str(study_path))
         resolve_data_root(base_config.data)
-        prepare_teacher_data(base_config)
+        prepare_inputs(base_config)
         parent_run_id = open_parent_run(spec)
         return StudyScheduler(spec, base, parent_run_id, console or Console()).run()
 
@@ -107,7 +108,7 @@ class StudyScheduler:
             executor.nodes,
             executor.tasks_per_node,
         )
-        # On SLURM a job's threads follow its allocation (core/runtime.py reads SLURM_CPUS_PER_TASK).
+        # On SLURM a job's threads follow its allocation (core/training/runtime.py reads SLURM_CPUS_PER_TASK).
         self.threads = (
             None
             if executor.kind == "slurm"

@@ -15,14 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate.ablations.optuna_storage import JOURNAL_PREFIX, open_optuna_storage, storage_file
-from ablate.core.config_io import (
-    ConfigError,
+from ablate.core.config.base import ConfigError
+from ablate.core.config.loading import (
     apply_overrides,
     describe_validation_error,
     read_yaml,
     validate_train_config,
 )
-from ablate.core.presets import PRESETS, preset_overrides
+from ablate.core.config.presets import PRESETS, preset_overrides
 
 
 class _Strict(BaseModel):
@@ -238,7 +238,7 @@ class ReplicateSpec(_Strict):
 class BaselineSpec(_Strict):
     """A named fixed configuration (overrides of the base), run before any trial with the same seeds.
 
-    `preset` (e.g. `mobileclip`, core/presets.py) contributes its overrides first; explicit ones win.
+    `preset` (e.g. `mobileclip`, core/config/presets.py) contributes its overrides first; explicit ones win.
     """
 
     preset: str | None = None

@@ -36,14 +36,14 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from ablate.ablations.spec import StudySpec
-    from ablate.core.config import TrainConfig
-    from ablate.core.trainer import EvalCallback
+    from ablate.core.config.sections import TrainConfig
+    from ablate.core.training.trainer import EvalCallback
 
 JOB_RECORD = "job.json"
 RESULT_RECORD = "result.json"
 SLURM_USAGE_RECORD = "slurm_usage.json"  # {job id: Usage} of every SLURM job that ran this replicate
 SUBMISSION_RECORD = "submission.json"  # the SLURM job id a launcher submitted for this replicate
-RUN_ID_RECORD = "mlflow_run.json"  # written by the trainer (ablate.core.tracking.RUN_ID_FILE)
+RUN_ID_RECORD = "mlflow_run.json"  # written by the trainer (ablate.core.training.tracking.RUN_ID_FILE)
 
 
 def _join_trial_processes() -> bool:
@@ -128,14 +128,16 @@ class TrialJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any] | None:
         from ablate.ablations.spec import StudySpec
-        from ablate.core.config import TrainConfig
-        from ablate.core.trainer import train
+        from ablate.core.config.sections import TrainConfig
+        from ablate.core.teachers.bundled import prepare_inputs
+        from ablate.core.training.trainer import train
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         spec = StudySpec.model_validate(self.spec)
         config = TrainConfig.model_validate(self.config)
+        inputs = prepare_inputs(config, progress=False)  # built by the launcher already: only found here
         if _join_trial_processes():  # ranks > 0 of a multi-process trial: train, leave the records to rank 0
-            train(config)
+            train(config, inputs=inputs)
             return None
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         )
         callbacks = [self._pruning_callback(spec)] if self.trial_id is not None and len(spec.objectives) == 1 else []
         try:
-            result = train(config, callbacks)
+            result = train(config, callbacks, inputs)
         except Exception:
             self._tag_run(config, {"ablate.state": "failed"})  # the trainer has recorded the error itself
             raise

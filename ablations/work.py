@@ -16,7 +16,7 @@ import optuna
 
 from ablate.ablations.spec import StudySpec
 from ablate.ablations.trial import config_hash, read_result
-from ablate.core.config_io import apply_overrides
+from ablate.core.config.loading import apply_overrides
 
 AGGREGATES = {"mean": statistics.fmean, "median": statistics.median, "min": min, "max": max}
 

@@ -20,8 +20,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ablate.core.models import create_model
 from ablate.core.models.efficiency import example_inputs, fixed_threads, median_seconds
+from ablate.core.models.factory import create_model
 from ablate.core.models.reparam import reparameterize
 
 DEFAULT_MODELS = ("tiny", "mci-tiny", "mct-tiny", "mobileclip-tiny", "MobileCLIP-S0")

@@ -5,7 +5,7 @@ The reinforced loader does, per sample: decode the PNG from its tar shard, repla
 and upcast the bf16 teacher embeddings from a `pth.gz` member. This script measures
 1. the loader alone: samples/s of the trainer's DataLoader (StepBatchSampler, batch `--batch`, prefetch 4,
    persistent workers) for each worker count in `--workers`, rounds alternating between counts;
-2. the trainer on it: a short `ablate.core.trainer.train` run per worker count, reading the
+2. the trainer on it: a short `ablate.core.training.trainer.train` run per worker count, reading the
    `train/data_wait_fraction` it logs (time blocked on the loader iterator / step time) from MLflow.
 
 Data: `--reinforcement` (e.g. the bundled one, `ablate reinforce`) over `--data`; without them a 2048-sample
@@ -32,15 +32,15 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from ablate.core.config import DataConfig, TeacherSpec, TrainConfig
+from ablate.core.config.sections import DataConfig, TeacherSpec, TrainConfig
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforce import ReinforceSettings, reinforce_dataset
 from ablate.core.data.reinforcement_store import ReinforcementStore
 from ablate.core.data.sampler import StepBatchSampler
 from ablate.core.data.shapes import generate_shapes
 from ablate.core.data.train_dataset import TrainDataset
-from ablate.core.models import create_model
-from ablate.core.trainer import train
+from ablate.core.models.factory import create_model
+from ablate.core.training.trainer import train
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ablate.core.compression import CompressionConfig, CompressionStage, Compressor, tower_parameters
-from ablate.core.models import CLIP, create_model
+from ablate.core.models import CLIP
+from ablate.core.models.factory import create_model
 
 SPARSITIES = (0.5, 0.75)
 BATCHES = (1, 64)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from ablate.core.config import TeacherSpec
+from ablate.core.config.sections import TeacherSpec
 from ablate.core.data.inspect import inspect_shards
 from ablate.core.data.reinforce import ReinforceSettings, reinforce_dataset
 from ablate.core.data.reinforcement_store import ReinforcementStore
 from ablate.core.data.shapes import generate_shapes
-from ablate.core.models import create_model
+from ablate.core.models.factory import create_model
 
 TAB16_SAMPLES = 12_800  # MobileCLIP Tab 16 reports GB per 12.8k samples
 TAB16_WIDTH = 1536  # two ViT-L/14 teachers x 768

@@ -32,9 +32,9 @@ from rich.console import Console
 from ablate.ablations.scheduler import launch, prepare
 from ablate.ablations.trial import JOB_RECORD, TrialJob
 from ablate.ablations.work import build_group, replicate_tree
-from ablate.core.config_io import validate_train_config
+from ablate.core.config.loading import validate_train_config
 from ablate.core.data.shapes import generate_shapes
-from ablate.core.tracking import ensure_tracking_store
+from ablate.core.training.tracking import ensure_tracking_store
 
 SHORT, LONG = 5, 80  # each trial is short or long (training steps), drawn at random
 

@@ -40,7 +40,7 @@ from timm.utils.model import reparameterize_model
 
 from ablate.core.data.shapes import render_sample
 from ablate.core.merging import MergeSchedule, TokenMergingConfig, token_merging
-from ablate.core.models import create_model
+from ablate.core.models.factory import create_model
 
 console = Console()
 
@@ -191,11 +191,11 @@ def zero_shot_sweep(model_name: str, checkpoint: str, data_root: str, rs: list[i
     """The trade-off table for a trained model: per r, its image tower's speed-up and FLOP ratio over r = 0
     (timed on val images, exact and merged interleaved), the cosine of its image embeddings to the exact ones,
     next to the zero-shot accuracy and its change."""
-    from ablate.core.config import TeacherSpec
+    from ablate.core.config.sections import TeacherSpec
     from ablate.core.data.dataset import EvalDataset
     from ablate.core.data.manifest import load_manifest
-    from ablate.core.evaluation import evaluate
-    from ablate.core.teachers import load_teacher
+    from ablate.core.evaluation.evaluate import evaluate
+    from ablate.core.teachers.ensemble import load_teacher
 
     model = load_teacher(TeacherSpec(model=model_name, checkpoint=checkpoint))
     dataset = EvalDataset(load_manifest(data_root), model.inputs, "val", None)

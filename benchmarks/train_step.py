@@ -47,14 +47,15 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ablate.core.config import LossConfig, OptimConfig, TrainLoopConfig
+from ablate.core.config.sections import LossConfig, OptimConfig, TrainLoopConfig
 from ablate.core.data.pixels import to_model_input
 from ablate.core.data.reinforcement_store import TeacherLayout
-from ablate.core.fast_paths import TrainStep
-from ablate.core.models import CLIP, create_model
-from ablate.core.objective import TeacherSource, compute_loss
-from ablate.core.optim import build_optimizer, learning_rate, set_learning_rate
-from ablate.core.teachers import TeacherEnsemble
+from ablate.core.models import CLIP
+from ablate.core.models.factory import create_model
+from ablate.core.teachers.ensemble import TeacherEnsemble
+from ablate.core.training.fast_paths import TrainStep
+from ablate.core.training.objective import TeacherSource, compute_loss
+from ablate.core.training.optim import build_optimizer, learning_rate, set_learning_rate
 
 TEACHER_DIMS, TEACHER_SCALES = [256, 256], [100.0, 100.0]  # the bundled teachers' stored layout
 RESULTS = Path(__file__).parent / "results"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class Columns:
     """The whole (global) batch's features, when the features passed to a loss are only rows
-    `offset : offset + b` of it: one process's share of a multi-process batch (core/distributed.py).
+    `offset : offset + b` of it: one process's share of a multi-process batch (core/training/distributed.py).
 
     Each loss then scores its local rows against every column, as open_clip's ClipLoss with `local_loss=True`:
     every row of the global logit matrices belongs to exactly one process, so the mean over processes of these

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ablate.core.tracking import ensure_tracking_store
+from ablate.core.training.tracking import ensure_tracking_store
 
 
 def server_command(backend_store_uri: str, host: str, port: int, artifacts: Path) -> list[str]:

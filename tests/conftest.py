@@ -58,8 +58,8 @@ def random_teachers(tmp_path_factory: pytest.TempPathFactory) -> list:
     """Two untrained `tiny` teachers: the writer's job does not depend on how good they are."""
     import torch
 
-    from ablate.core.config import TeacherSpec
-    from ablate.core.models import create_model
+    from ablate.core.config.sections import TeacherSpec
+    from ablate.core.models.factory import create_model
 
     folder = tmp_path_factory.mktemp("teachers")
     specs = []

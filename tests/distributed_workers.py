@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from ablate.core.config import LossConfig, TrainConfig, TrainLoopConfig
+from ablate.core.config.sections import LossConfig, TrainConfig, TrainLoopConfig
 from ablate.core.data.reinforcement_store import TeacherLayout
-from ablate.core.distributed import ProcessGroup
-from ablate.core.fast_paths import TrainStep
-from ablate.core.models import create_model
-from ablate.core.objective import TeacherSource, compute_loss
+from ablate.core.models.factory import create_model
+from ablate.core.training.distributed import ProcessGroup
+from ablate.core.training.fast_paths import TrainStep
+from ablate.core.training.objective import TeacherSource, compute_loss
 
 CPU = torch.device("cpu")
 LAYOUT = TeacherLayout([4, 4], [100.0, 50.0])
@@ -61,7 +61,7 @@ def loss_worker(rank: int, world_size: int, port: int, batch: dict[str, torch.Te
 
 
 def train_worker(rank: int, world_size: int, port: int, config: dict, out: str) -> None:
-    from ablate.core.trainer import train
+    from ablate.core.training.trainer import train
 
     join(rank, world_size, port)
     result = train(TrainConfig.model_validate(config))

@@ -10,12 +10,12 @@ import torch
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from ablate.core.config import ModelConfig
-from ablate.core.config_io import ConfigError
-from ablate.core.models import create_model
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import ModelConfig
 from ablate.core.models.attention import Attention, AttentionSpec
 from ablate.core.models.build import build_model
 from ablate.core.models.efficiency import fixed_threads, parameter_breakdown
+from ablate.core.models.factory import create_model
 from ablate.core.models.reparam import count_reparameterizable, reparameterize
 from ablate.core.models.text import TextEncoder, TextRepMixer, TextSpec
 

@@ -19,8 +19,7 @@ from typer.testing import CliRunner
 
 from ablate.ablations.cli import app
 from ablate.ablations.scheduler import launch
-from ablate.core.config import ModelConfig, TrainConfig
-from ablate.core.models import create_model
+from ablate.core.config.sections import ModelConfig, TrainConfig
 from ablate.core.models.attention import Attention
 from ablate.core.models.build import build_model
 from ablate.core.models.efficiency import (
@@ -32,7 +31,8 @@ from ablate.core.models.efficiency import (
     macs,
 )
 from ablate.core.models.export import PROGRAM_NAME, load_exported, max_output_difference
-from ablate.core.trainer import Trainer
+from ablate.core.models.factory import create_model
+from ablate.core.training.trainer import Trainer
 
 STUDIES = Path(__file__).parents[1] / "ablations" / "studies"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, hypergeom
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 from ablate.core.quality import PRESETS, PlanRequest, double_plan, error_rate_interval, filter_dataset, single_plan
 from ablate.core.quality.audit import JudgementsPending, run_audit
 from ablate.core.quality.detection import noisy_labels

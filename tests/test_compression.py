@@ -25,8 +25,8 @@ from ablate.core.compression import (
     inherit_manual,
 )
 from ablate.core.compression import hard_concrete as hc
-from ablate.core.models import create_model
 from ablate.core.models.clip import CLIP, InputSpec
+from ablate.core.models.factory import create_model
 
 SHIFT = (2 / 3) * math.log(11)  # P(z≠0) = σ(log α + (2/3)·ln 11) = σ(log α + 1.599)
 
@@ -361,8 +361,8 @@ def test_automatic_inheritance_is_a_trainable_copy_of_the_teacher() -> None:
 def test_inheritance_source_reads_the_architecture_a_run_folder_records(tmp_path) -> None:
     """A run folder of ours names its model in config.yaml, so `teacher_model` may be left out; any other
     checkpoint without it is refused, naming the field, before a trial would start."""
-    from ablate.core.compression_stages import inheritance_source
-    from ablate.core.config_io import ConfigError
+    from ablate.core.compression.stages import inheritance_source
+    from ablate.core.config.base import ConfigError
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("model:\n  name: small\n")

@@ -12,8 +12,8 @@ from torch import nn
 
 from ablate.core.compression import CompressionConfig, Compressor, apply_prune_record
 from ablate.core.compression.attention import ModularMultiheadAttention, NarrowFastVitAttention
-from ablate.core.models import create_model
 from ablate.core.models.clip import CLIP
+from ablate.core.models.factory import create_model
 
 
 def randomise_gates(compressor: Compressor, seed: int) -> None:

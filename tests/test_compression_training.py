@@ -12,10 +12,10 @@ from rich.console import Console
 from train_helpers import fast_config, trial_runs, write_study_yaml
 
 from ablate.ablations.scheduler import launch
-from ablate.core.checkpoint import latest_checkpoint
-from ablate.core.config import TrainConfig
-from ablate.core.config_io import apply_overrides
-from ablate.core.trainer import train
+from ablate.core.config.loading import apply_overrides
+from ablate.core.config.sections import TrainConfig
+from ablate.core.training.checkpoint import latest_checkpoint
+from ablate.core.training.trainer import train
 
 
 def staged_config(tmp_path: Path, small_shapes: Path, reinforced_small: Path, **overrides) -> TrainConfig:

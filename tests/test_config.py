@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ablate.core.config_io import ConfigError, load_train_config, parse_override
+from ablate.core.config.base import ConfigError
+from ablate.core.config.loading import load_train_config, parse_override
 
 
 def write(path: Path, text: str) -> Path:

@@ -9,13 +9,13 @@ import pytest
 import torch
 import webdataset as wds
 
-from ablate.core.config import DataConfig
+from ablate.core.config.sections import DataConfig
 from ablate.core.data.dataset import EvalDataset
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.sampler import StepBatchSampler
 from ablate.core.data.tar_index import IndexedShards, split_member_name
 from ablate.core.data.train_dataset import TrainDataset
-from ablate.core.models import create_model
+from ablate.core.models.factory import create_model
 
 
 def test_member_names_follow_webdataset() -> None:

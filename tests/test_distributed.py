@@ -1,4 +1,4 @@
-"""Multi-process trials (core/distributed.py): two gloo ranks on this machine against one process.
+"""Multi-process trials (core/training/distributed.py): two gloo ranks on this machine against one process.
 
 The reference is the plain single-process computation on the whole global batch; the ranks each hold half of
 its rows, gather the others' features and average gradients. They must agree to float32 round-off.
@@ -15,13 +15,13 @@ from distributed_workers import CASES, loss_worker, step_terms_and_gradients, tr
 from mlflow.tracking import MlflowClient
 from train_helpers import fast_config, free_port
 
-from ablate.core.config import DataConfig, TrainConfig
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import DataConfig, TrainConfig
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.train_dataset import TrainDataset
-from ablate.core.distributed import ProcessGroup
-from ablate.core.models import create_model
-from ablate.core.trainer import train
+from ablate.core.models.factory import create_model
+from ablate.core.training.distributed import ProcessGroup
+from ablate.core.training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Trainer fast paths (core/fast_paths.py): every switch that runs on CPU keeps a seeded run's loss curve, the
+"""Trainer fast paths (core/training/fast_paths.py): every switch that runs on CPU keeps a seeded run's loss curve, the
 gradient cache gives the full batch's gradient, and the trainer logs how long it waits for data."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import torch
 from mlflow.tracking import MlflowClient
 from train_helpers import fast_config
 
-from ablate.core.checkpoint import load_checkpoint, save_checkpoint
-from ablate.core.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainLoopConfig
+from ablate.core.config.sections import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainLoopConfig
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforcement_store import TeacherLayout
 from ablate.core.data.train_dataset import TrainDataset
-from ablate.core.fast_paths import DataWaitClock, TrainStep, resolve_precision
-from ablate.core.models import create_model
-from ablate.core.objective import TeacherSource, compute_loss
-from ablate.core.optim import build_optimizer
-from ablate.core.trainer import train
+from ablate.core.models.factory import create_model
+from ablate.core.training.checkpoint import load_checkpoint, save_checkpoint
+from ablate.core.training.fast_paths import DataWaitClock, TrainStep, resolve_precision
+from ablate.core.training.objective import TeacherSource, compute_loss
+from ablate.core.training.optim import build_optimizer
+from ablate.core.training.trainer import train
 
 CPU = torch.device("cpu")
 OPTIM = OptimConfig(lr=2e-3, warmup_steps=0)

@@ -20,7 +20,7 @@ from train_helpers import fast_config, optuna_study, trial_runs, write_study_yam
 from ablate.ablations.control import live_job
 from ablate.ablations.scheduler import LaunchResult, launch
 from ablate.ablations.trial import JOB_RECORD
-from ablate.core.checkpoint import latest_checkpoint
+from ablate.core.training.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from ablate.core.models import UnknownModelError, create_model, list_models, parameter_counts
+from ablate.core.models import UnknownModelError, parameter_counts
+from ablate.core.models.factory import create_model, list_models
 
 
 def test_tiny_outputs_are_unit_vectors() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforced_format import (
     INFO_FILE,

@@ -18,8 +18,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from train_helpers import fast_config
 
-from ablate.core.config import DataConfig, TeacherSpec, TrainConfig
-from ablate.core.config_io import ConfigError, apply_overrides
+from ablate.core.config.base import ConfigError
+from ablate.core.config.loading import apply_overrides
+from ablate.core.config.sections import DataConfig, TeacherSpec, TrainConfig
 from ablate.core.data.augment import RecordedAugment, decompress
 from ablate.core.data.dataset import decode_pil, pil_to_uint8
 from ablate.core.data.inspect import inspect_shards
@@ -28,10 +29,10 @@ from ablate.core.data.reinforce import ReinforceSettings, reinforce_dataset
 from ablate.core.data.reinforcement_store import DataLossWarning, ReinforcementStore
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.data.train_dataset import TrainDataset
-from ablate.core.models import create_model
+from ablate.core.models.factory import create_model
 from ablate.core.quality.store import score_reinforced
-from ablate.core.teachers import TeacherEnsemble, fit_context
-from ablate.core.trainer import train
+from ablate.core.teachers.ensemble import TeacherEnsemble, fit_context
+from ablate.core.training.trainer import train
 
 
 def _tar_member(archive: tarfile.TarFile, name: str, payload: bytes) -> None:

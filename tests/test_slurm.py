@@ -33,9 +33,9 @@ from ablate.ablations.cli import app
 from ablate.ablations.control import live_job
 from ablate.ablations.scheduler import LaunchResult, launch, prepare
 from ablate.ablations.trial import JOB_RECORD, RUN_ID_RECORD
-from ablate.core.checkpoint import latest_checkpoint
-from ablate.core.config_io import ConfigError
-from ablate.core.tracking import RUN_ID_FILE
+from ablate.core.config.base import ConfigError
+from ablate.core.training.checkpoint import latest_checkpoint
+from ablate.core.training.tracking import RUN_ID_FILE
 from ablate.slurm.executors import make_executor
 
 pytestmark = pytest.mark.slow

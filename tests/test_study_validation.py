@@ -11,7 +11,7 @@ import pytest
 
 from ablate.ablations.plan import plan_study
 from ablate.ablations.scheduler import prepare
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 
 CORPUS = sorted((Path(__file__).parent / "studies" / "malformed").glob("*.yaml"))
 

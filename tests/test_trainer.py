@@ -17,10 +17,10 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 from train_helpers import fast_config
 
-from ablate.core.checkpoint import latest_checkpoint
-from ablate.core.config import TrainConfig
-from ablate.core.runtime import ignore_job_signals
-from ablate.core.trainer import train
+from ablate.core.config.sections import TrainConfig
+from ablate.core.training.checkpoint import latest_checkpoint
+from ablate.core.training.runtime import ignore_job_signals
+from ablate.core.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ablate.ablations.scheduler import prepare
-from ablate.core.config_io import apply_overrides
+from ablate.core.config.loading import apply_overrides
 
 
 def fast_config(tmp_path: Path, shapes_root: Path, overrides: dict | None = None) -> dict:

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ablate.core.compression.hard_concrete import CODE_LOG_ALPHA_INIT
 from ablate.core.compression.structure import MASK_KINDS, MaskKind
-from ablate.core.config_base import StrictModel
+from ablate.core.config.base import StrictModel
 
 _PRESETS: dict[str, dict[str, float]] = {
     "code": {"mask_lr": 0.02, "lagrangian_lr": 0.02, "lambda_init": 10.0, "log_alpha_init": CODE_LOG_ALPHA_INIT},

@@ -32,10 +32,10 @@ from ablate.core.compression import (
     realised_counts,
     reference_sizes,
 )
-from ablate.core.config import TeacherSpec
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import TeacherSpec
 from ablate.core.models import CLIP
-from ablate.core.teachers import load_teacher
+from ablate.core.teachers.ensemble import load_teacher
 
 
 def inheritance_source(config: CompressionConfig) -> TeacherSpec:
@@ -74,22 +74,14 @@ class CompressionStages:
         self.compressor: Compressor | None = None
 
     # --- the student ---------------------------------------------------------------------------------------------
-    def teacher_spec(self) -> TeacherSpec:
-        """The model weights are inherited from; `bundled` names the bundled benchmark's first teacher."""
-        if self.config.teacher_checkpoint == "bundled":
-            from ablate.core.bundled_teachers import train_teachers
-
-            bundled = train_teachers(progress=False)[0]
-            return TeacherSpec(model=self.config.teacher_model or bundled.model, checkpoint=bundled.checkpoint)
-        return inheritance_source(self.config)
-
-    def initial_model(self, build: Callable[[], CLIP]) -> CLIP:
-        """The student at step 0: built from scratch, inherited manually, or a trainable copy of the teacher."""
+    def initial_model(self, build: Callable[[], CLIP], inherit_from: TeacherSpec | None) -> CLIP:
+        """The student at step 0: built from scratch, or inherited (manually, or as a trainable copy of the
+        teacher) from `inherit_from`, the weights `compression.teacher_checkpoint` names."""
         if self.config.inherit == "auto":
-            return inherit_automatic(load_teacher(self.teacher_spec())).train().requires_grad_(True)
+            return inherit_automatic(load_teacher(inherit_from)).train().requires_grad_(True)
         model = build()
         if self.config.inherit == "manual":
-            inherit_manual(model, load_teacher(self.teacher_spec()))
+            inherit_manual(model, load_teacher(inherit_from))
         return model
 
     def restore(self, model: CLIP, extra: dict) -> CLIP:

@@ -15,11 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ablate.core.config import TrainConfig
-
-
-class ConfigError(ValueError):
-    """A configuration problem, already phrased for the user (source, field path, value, what is wrong)."""
+from ablate.core.config.base import ConfigError
+from ablate.core.config.presets import preset_overrides
+from ablate.core.config.sections import TrainConfig
 
 
 def read_yaml(path: Path | str) -> dict[str, Any]:
@@ -82,8 +80,7 @@ def validate_train_config(tree: Mapping[str, Any], source: str) -> TrainConfig:
 
 def load_train_config(path: Path | str | None, overrides: Iterable[str] = (), preset: str | None = None) -> TrainConfig:
     """The `ablate train` entry: YAML file (or the embedded defaults when None), then a named preset
-    (`core/presets.py`), then `--set` overrides, each later one winning."""
-    from ablate.core.presets import preset_overrides
+    (`core/config/presets.py`), then `--set` overrides, each later one winning."""
 
     tree = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"

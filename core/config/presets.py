@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 
 _MOBILECLIP: dict[str, Any] = {
     "loss.lambda": 1.0,

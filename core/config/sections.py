@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ablate.core.compression.config import CompressionConfig
-from ablate.core.config_base import StrictModel
+from ablate.core.config.base import StrictModel
 from ablate.core.merging.schedule import TokenMergingConfig
 
 
@@ -169,7 +169,7 @@ class OptimConfig(StrictModel):
 class TrainLoopConfig(StrictModel):
     """Length of the run, batch, precision, the step's fast paths and how often to log, evaluate and checkpoint.
 
-    `auto` fast paths resolve from the device in `core/fast_paths.py` (README, Speed): bf16 + compile +
+    `auto` fast paths resolve from the device in `core/training/fast_paths.py` (README, Speed): bf16 + compile +
     channels-last (conv towers) on GPUs; fp32, eager, contiguous on CPUs; the fused AdamW on both.
     """
 

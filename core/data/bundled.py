@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ablate.core.config import DataConfig
+from ablate.core.config.sections import DataConfig
 from ablate.core.data.shapes import generate_shapes
 
 BUNDLED_IMAGE_SIZE = 64

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 
 
 class _Strict(BaseModel):

@@ -30,8 +30,8 @@ import torch
 import webdataset as wds
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ablate.core.config import TeacherSpec
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import TeacherSpec
 from ablate.core.data.augment import AugmentConfig, RecordedAugment, compress
 from ablate.core.data.dataset import decode_pil, pil_to_uint8, synthetic_captions
 from ablate.core.data.manifest import load_manifest
@@ -49,7 +49,7 @@ from ablate.core.data.reinforced_format import (
 )
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.merging import MergeSchedule, TokenMergingConfig, apply_token_merging
-from ablate.core.teachers import TeacherEnsemble
+from ablate.core.teachers.ensemble import TeacherEnsemble
 
 
 @dataclass(frozen=True)

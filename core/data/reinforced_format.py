@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 
 EmbeddingFormat = Literal["pth.gz", "npz"]
 EMBEDDING_KEYS: tuple[EmbeddingFormat, ...] = ("pth.gz", "npz")

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 from ablate.core.data.reinforced_format import (
     EMBEDDING_KEYS,
     ReinforcedRecord,

@@ -24,8 +24,8 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch.utils.data import Dataset
 
-from ablate.core.config import DataConfig
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import DataConfig
 from ablate.core.data.augment import AugmentConfig, RecordedAugment, decompress
 from ablate.core.data.dataset import centre_view, decode_pil, pil_to_uint8, read_caption, synthetic_captions
 from ablate.core.data.manifest import Manifest

@@ -13,12 +13,12 @@ from dataclasses import replace
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from ablate.core.config import ModelConfig, TextTowerConfig
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import ModelConfig, TextTowerConfig
 from ablate.core.merging import apply_token_merging
 from ablate.core.models.attention import AttentionSpec, swap_attention
 from ablate.core.models.clip import CLIP
-from ablate.core.models.registry import create_model
+from ablate.core.models.factory import create_model
 from ablate.core.models.text import TextEncoder, TextSpec, spec_of_open_clip
 
 

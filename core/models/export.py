@@ -20,14 +20,15 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from ablate.core.checkpoint import latest_checkpoint
-from ablate.core.config import ModelConfig
-from ablate.core.config_io import ConfigError, describe_validation_error
+from ablate.core.config.base import ConfigError
+from ablate.core.config.loading import describe_validation_error
+from ablate.core.config.sections import ModelConfig
 from ablate.core.models.build import build_model
 from ablate.core.models.clip import CLIP
 from ablate.core.models.efficiency import example_inputs
 from ablate.core.models.reparam import count_reparameterizable, reparameterize
-from ablate.core.tracking import RUN_ID_FILE
+from ablate.core.training.checkpoint import latest_checkpoint
+from ablate.core.training.tracking import RUN_ID_FILE
 
 CHECKPOINT_NAME = "model_reparam.pt"
 PROGRAM_NAME = "model.pt2"

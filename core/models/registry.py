@@ -1,7 +1,8 @@
 """Named model configurations, in the spirit of timm's registry: `@register_model` a builder, build by name.
 
 A name is what a study or `model.name` refers to. Builders take the model config's temperature settings and
-must not download anything (towers are created with `pretrained=False`).
+must not download anything (towers are created with `pretrained=False`). The modules that define models
+register themselves here; `factory.py` imports them and builds by name, so this module imports none of them.
 """
 
 from __future__ import annotations
@@ -38,19 +39,6 @@ class UnknownModelError(ValueError):
     """Raised with the list of valid names, so `model.name: tinyy` is fixable from the message alone."""
 
 
-def list_models() -> list[ModelEntry]:
-    _load_builtin_models()
-    return sorted(_REGISTRY.values(), key=lambda entry: entry.name)
-
-
-def create_model(name: str, **kwargs: float) -> CLIP:
-    _load_builtin_models()
-    if name not in _REGISTRY:
-        valid = ", ".join(sorted(_REGISTRY))
-        raise UnknownModelError(f"model.name: unknown model {name!r}; available: {valid}")
-    return _REGISTRY[name].builder(**kwargs)
-
-
-def _load_builtin_models() -> None:
-    """Import the modules whose decorators fill the registry (deferred to keep `import ablate.core` light)."""
-    from ablate.core.models import mobileclip, towers  # noqa: F401
+def registered() -> dict[str, ModelEntry]:
+    """Every registered entry by name (filled once the defining modules are imported, see factory.py)."""
+    return _REGISTRY

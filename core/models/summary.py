@@ -13,7 +13,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ablate.core.models.efficiency import parameter_breakdown
-from ablate.core.models.registry import ModelEntry, create_model
+from ablate.core.models.factory import create_model
+from ablate.core.models.registry import ModelEntry
 from ablate.core.models.text import TextEncoder
 
 

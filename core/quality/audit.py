@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.quality.acceptance import (

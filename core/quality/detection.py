@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.quality.store import check_score_name, ranked_keep

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 from ablate.core.data.reinforced_format import INFO_FILE, ReinforcementInfo, decode_record, read_info
 from ablate.core.data.tar_index import IndexedShards
 from ablate.core.quality.scores import BASE_SCORES, SCORE_NAMES, Reduction, combine, record_scores

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import webdataset as wds
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforced_format import INFO_FILE, sample_uid
 from ablate.core.data.tar_index import IndexedShards

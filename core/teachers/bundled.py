@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ablate.core.config import DataConfig, TeacherSpec, TrainConfig
+from ablate.core.config.sections import DataConfig, TeacherSpec, TrainConfig
 from ablate.core.data.bundled import cache_dir, resolve_data_root
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforce import ReinforceSettings, read_info, reinforce_dataset
+from ablate.core.training.inputs import RunInputs, direct_inputs, unprepared_fields
+from ablate.core.training.trainer import train
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,6 @@ def teacher_config(recipe: TeacherRecipe, index: int, run_dir: Path, progress: b
 
 def train_teachers(recipe: TeacherRecipe = BUNDLED_RECIPE, progress: bool = True) -> list[TeacherSpec]:
     """Train (or finish training) every teacher of `recipe`; cached, so a second call returns at once."""
-    from ablate.core.trainer import train  # the trainer resolves teachers through this module
-
     folder = teacher_folder(recipe)
     specs = []
     with _exclusive(folder):
@@ -127,22 +127,35 @@ def bundled_reinforcement(data: DataConfig, progress: bool = True) -> Path:
     return out
 
 
-def resolve_reinforcement(config: TrainConfig, progress: bool = True) -> Path | None:
-    """`data.reinforcement` as a folder: `bundled` builds (or finds) the cached one."""
+def prepare_inputs(config: TrainConfig, progress: bool = True) -> RunInputs:
+    """Every input `config` names, the `bundled` ones built (or found) in the cache: the launcher calls this
+    before any trial starts, so that parallel trials neither race on the cache nor spend their time limit
+    waiting for it, and each trial calls it again to read the finished paths."""
+    unprepared = set(unprepared_fields(config))
+    if not unprepared:
+        return direct_inputs(config)
+    explicit = direct_inputs(_without_bundled(config))
+    teachers = train_teachers(progress=progress) if unprepared - {"data.reinforcement"} else []
+    inherit_from = explicit.inherit_from
+    if "compression.teacher_checkpoint" in unprepared:
+        first = teachers[0]
+        inherit_from = TeacherSpec(model=config.compression.teacher_model or first.model, checkpoint=first.checkpoint)
+    return RunInputs(
+        reinforcement=bundled_reinforcement(config.data, progress)
+        if "data.reinforcement" in unprepared
+        else explicit.reinforcement,
+        teachers=teachers if "teachers.members" in unprepared else explicit.teachers,
+        inherit_from=inherit_from,
+    )
+
+
+def _without_bundled(config: TrainConfig) -> TrainConfig:
+    """`config` with its `bundled` inputs unset, so the explicit ones resolve directly."""
+    update: dict = {}
     if config.data.reinforcement == "bundled":
-        return bundled_reinforcement(config.data, progress)
-    return Path(config.data.reinforcement) if config.data.reinforcement else None
-
-
-def resolve_teachers(config: TrainConfig, progress: bool = True) -> list[TeacherSpec]:
-    """`teachers.members` as specs: `bundled` trains (or finds) the cached teachers."""
-    members = config.teachers.members
-    return train_teachers(progress=progress) if members == "bundled" else list(members)
-
-
-def prepare_teacher_data(config: TrainConfig, progress: bool = True) -> None:
-    """Build what `config` needs from the bundled teachers (they, and the reinforced copy) before any trial
-    starts, so that parallel trials neither race on the cache nor spend their time limit waiting for it."""
-    resolve_reinforcement(config, progress)
-    if config.teachers.mode == "online":
-        resolve_teachers(config, progress)
+        update["data"] = config.data.model_copy(update={"reinforcement": None})
+    if config.teachers.members == "bundled":
+        update["teachers"] = config.teachers.model_copy(update={"members": []})
+    if config.compression and config.compression.teacher_checkpoint == "bundled":
+        update["compression"] = config.compression.model_copy(update={"inherit": "none", "teacher_checkpoint": None})
+    return config.model_copy(update=update)

@@ -18,11 +18,12 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from ablate.core.checkpoint import latest_checkpoint
-from ablate.core.config import TeacherSpec
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import TeacherSpec
 from ablate.core.data.pixels import to_model_input
-from ablate.core.models import CLIP, create_model
+from ablate.core.models import CLIP
+from ablate.core.models.factory import create_model
+from ablate.core.training.checkpoint import latest_checkpoint
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ablate.core.config_io import ConfigError
+from ablate.core.config.base import ConfigError
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ablate.core.config import TrainLoopConfig
-from ablate.core.config_io import ConfigError
-from ablate.core.distributed import ProcessGroup
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import TrainLoopConfig
+from ablate.core.training.distributed import ProcessGroup
 
 log = logging.getLogger("ablate.train")
 

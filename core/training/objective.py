@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from ablate.core import losses
-from ablate.core.config import LossConfig
+from ablate.core.config.sections import LossConfig
 from ablate.core.data.pixels import to_model_input
 from ablate.core.data.reinforcement_store import TeacherLayout
-from ablate.core.distributed import ProcessGroup
 from ablate.core.models import CLIP
-from ablate.core.teachers import TeacherEnsemble
+from ablate.core.teachers.ensemble import TeacherEnsemble
+from ablate.core.training.distributed import ProcessGroup
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablate.core.config import OptimConfig
-from ablate.core.fast_paths import adamw_kernel_options, resolve_optimizer_implementation
+from ablate.core.config.sections import OptimConfig
+from ablate.core.training.fast_paths import adamw_kernel_options, resolve_optimizer_implementation
 
 
 def exclude_from_decay(name: str, parameter: nn.Parameter) -> bool:

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 import ablate
-from ablate.core.config import TrainConfig, flatten
+from ablate.core.config.sections import TrainConfig, flatten
 
 RUN_ID_FILE = "mlflow_run.json"
 MAX_BATCH = 900  # MLflow's log_batch accepts at most 1000 metrics and 100 params per call

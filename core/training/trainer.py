@@ -21,28 +21,28 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from ablate.core.bundled_teachers import resolve_reinforcement, resolve_teachers
-from ablate.core.checkpoint import checkpoint_extra, latest_checkpoint, load_checkpoint, save_checkpoint
-from ablate.core.compression_stages import CompressionStages, Pruned
-from ablate.core.config import TrainConfig
+from ablate.core.compression.stages import CompressionStages, Pruned
+from ablate.core.config.sections import TrainConfig
 from ablate.core.data.bundled import resolve_data_root
 from ablate.core.data.dataset import EvalDataset
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforcement_store import ReinforcementStore, TeacherLayout
 from ablate.core.data.sampler import StepBatchSampler
 from ablate.core.data.train_dataset import TrainDataset
-from ablate.core.distributed import ProcessGroup
-from ablate.core.evaluation import evaluate, evaluation_metric_names
-from ablate.core.fast_paths import DataWaitClock, TrainStep
+from ablate.core.evaluation.evaluate import evaluate, evaluation_metric_names
 from ablate.core.models import parameter_counts
 from ablate.core.models.build import build_model
 from ablate.core.models.efficiency import efficiency_metric_names, efficiency_metrics
-from ablate.core.objective import TeacherSource, compute_loss
-from ablate.core.optim import build_optimizer, learning_rate, set_learning_rate
 from ablate.core.quality.store import QUALITY_FILE, compute_quality, select_uids
-from ablate.core.runtime import configure_threads, ignore_job_signals, resolve_device, seed_everything
-from ablate.core.teachers import TeacherEnsemble
-from ablate.core.tracking import RunTracker
+from ablate.core.teachers.ensemble import TeacherEnsemble
+from ablate.core.training.checkpoint import checkpoint_extra, latest_checkpoint, load_checkpoint, save_checkpoint
+from ablate.core.training.distributed import ProcessGroup
+from ablate.core.training.fast_paths import DataWaitClock, TrainStep
+from ablate.core.training.inputs import RunInputs, direct_inputs
+from ablate.core.training.objective import TeacherSource, compute_loss
+from ablate.core.training.optim import build_optimizer, learning_rate, set_learning_rate
+from ablate.core.training.runtime import configure_threads, ignore_job_signals, resolve_device, seed_everything
+from ablate.core.training.tracking import RunTracker
 
 log = logging.getLogger("ablate.train")
 
@@ -70,16 +70,20 @@ def result_metric_names(zero_shot_tasks: Iterable[str]) -> list[str]:
     return names + evaluation_metric_names(zero_shot_tasks) + efficiency_metric_names()
 
 
-def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = ()) -> TrainResult:
-    """Run (or resume) one training run to its last step, or until a callback asks to stop."""
-    return Trainer(config, callbacks).run()
+def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: RunInputs | None = None) -> TrainResult:
+    """Run (or resume) one training run to its last step, or until a callback asks to stop. `inputs`: the
+    prepared teachers and reinforced data (`teachers.bundled.prepare_inputs`); by default the config's own."""
+    return Trainer(config, callbacks, inputs).run()
 
 
 class Trainer:
     """Builds the run's pieces once (model, optimizer, data, tracker) and drives the step loop."""
 
-    def __init__(self, config: TrainConfig, callbacks: Sequence[EvalCallback] = ()) -> None:
+    def __init__(
+        self, config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: RunInputs | None = None
+    ) -> None:
         self.config, self.callbacks = config, list(callbacks)
+        self.given_inputs = inputs
         self.threads = configure_threads(config.train.threads)
         self.device = resolve_device(config.train.device)
         # Every rank of a multi-process trial seeds alike: same initial weights, same mask noise.
@@ -100,13 +104,14 @@ class Trainer:
         """Model, optimizer (restored from the latest checkpoint if any) and data; inside `run` so that a
         failure here (a missing dataset, an unknown model) is recorded on the run."""
         config = self.config
+        self.inputs = self.given_inputs if self.given_inputs is not None else direct_inputs(config)
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         extra = checkpoint_extra(checkpoint.path) if checkpoint else {}
         self.stages = CompressionStages(config.compression) if config.compression else None
         if self.stages is None:
             model = build_model(config.model)
         elif checkpoint is None:
-            model = self.stages.initial_model(lambda: build_model(config.model))
+            model = self.stages.initial_model(lambda: build_model(config.model), self.inputs.inherit_from)
         else:  # the weights come from the checkpoint; only the (pruned) architecture must be rebuilt
             model = self.stages.restore(build_model(config.model), extra)
         self.model = model.to(self.device)
@@ -147,11 +152,11 @@ class Trainer:
     def _training_data(self, manifest) -> TrainDataset:
         """The training set and, when the run distils, where its teacher embeddings come from."""
         config = self.config
-        reinforcement = resolve_reinforcement(config, config.train.progress)
+        reinforcement = self.inputs.reinforcement
         store = ReinforcementStore(reinforcement) if reinforcement else None
         online = None
         if config.teachers.mode == "online":
-            online = TeacherEnsemble.load(resolve_teachers(config, config.train.progress)).to(self.device)
+            online = TeacherEnsemble.load(self.inputs.teachers).to(self.device)
         self.teachers = None
         if online is not None:
             scales = config.loss.teacher_logit_scales or online.logit_scales

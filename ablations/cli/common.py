@@ -1,0 +1,40 @@
+"""What every `ablate` verb shares: the typer apps, the consoles, and one way to fail with a user error.
+
+Expected problems (a bad config, an unknown study, a missing file) are printed as one clear message and exit
+with status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ablate.core.config.base import ConfigError
+from ablate.core.models import UnknownModelError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Ablation studies for efficient CLIP training: train, launch studies, report.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the bundled benchmark, inspection, quality.")
+app.add_typer(data_app, name="data")
+teachers_app = typer.Typer(no_args_is_help=True, help="Teacher ensembles for distillation.")
+app.add_typer(teachers_app, name="teachers")
+cluster_app = typer.Typer(no_args_is_help=True, help="A single-node SLURM cluster with accounting on this machine.")
+app.add_typer(cluster_app, name="cluster")
+mlflow_app = typer.Typer(no_args_is_help=True, help="The MLflow tracking server trial jobs log through.")
+app.add_typer(mlflow_app, name="mlflow")
+console = Console()
+errors = Console(stderr=True)
+
+RUNS_ROOT = typer.Option(Path("runs"), help="where launched studies keep their files")
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, UnknownModelError)
+
+
+def fail(message: str) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)

@@ -1,0 +1,1 @@
+"""A run's configuration: the TrainConfig sections, reading YAML and overrides, named presets."""

@@ -1,0 +1,1 @@
+"""Evaluation of a CLIP model: zero-shot classification and image<->text retrieval."""
