@@ -3,7 +3,7 @@
 Zero-shot follows open_clip's `build_zero_shot_classifier`: each class embedding is the renormalised mean of
 its prompt-template embeddings; an image is assigned the class with the highest cosine similarity. Retrieval
 ranks all held-out captions for each image (and all images for each caption); R@k is the fraction whose true
-partner is among the top k.
+partner is among the top k, ties counting against the truth (see `recall_at_k`).
 """
 
 from __future__ import annotations
@@ -46,9 +46,16 @@ def evaluation_metric_names(tasks: Iterable[str]) -> list[str]:
 
 
 def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = RECALL_KS) -> dict[int, float]:
-    """Row i's true partner is column i; R@k = fraction of rows where it ranks within the top k."""
+    """Row i's true partner is column i; R@k = fraction of rows where it ranks within the top k.
+
+    The rank is pessimistic: every other candidate scoring at least as high as the truth ranks above it. With
+    "strictly better" ranks a collapsed model (constant embeddings, all scores tied) would score R@k = 1.0;
+    this way it scores 0, and a NaN truth (nothing compares >= NaN) is a miss, never a hit.
+    """
     true_scores = similarity.diagonal().unsqueeze(1)
-    rank = (similarity > true_scores).sum(dim=1)  # number of candidates strictly better than the truth
+    others = ~torch.eye(*similarity.shape, dtype=torch.bool, device=similarity.device)
+    rank = ((similarity >= true_scores) & others).sum(dim=1)
+    rank = torch.where(true_scores.squeeze(1).isnan(), similarity.shape[1], rank)
     return {k: (rank < k).float().mean().item() for k in ks}
 
 
