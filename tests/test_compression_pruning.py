@@ -6,13 +6,15 @@ from __future__ import annotations
 import copy
 
 import pytest
+import timm
 import torch
+from open_clip.transformer import TextTransformer
 from test_compression import hybrid_pair, one_stage
 from torch import nn
 
 from ablate.core.compression import CompressionConfig, Compressor, apply_prune_record
 from ablate.core.compression.attention import ModularMultiheadAttention, NarrowFastVitAttention
-from ablate.core.models.clip import CLIP
+from ablate.core.models.clip import CLIP, InputSpec
 from ablate.core.models.factory import create_model
 
 
@@ -186,3 +188,29 @@ def test_modular_multihead_attention_matches_torch(batch_first: bool) -> None:
         torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
         if kwargs["need_weights"]:
             torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=0)
+
+
+def test_vit_with_pre_norm_pruned_matches_masked() -> None:
+    """A pre-norm (timm `pre_norm=True`, as in CLIP ViTs) writes the stream: its affine is folded once, not
+    also sliced again as one of the stream's LayerNorms."""
+    torch.manual_seed(0)
+    visual = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=64,
+        patch_size=8,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        num_classes=32,
+        pre_norm=True,
+    )
+    text = TextTransformer(context_length=16, vocab_size=1000, width=32, heads=2, layers=1, output_dim=32)
+    model = perturb(CLIP(visual, text, InputSpec(64, 16, (0.5,) * 3, (0.5,) * 3))).eval()
+    images, tokens = inputs(model, 1000)
+    compressor = Compressor(model, one_stage(image_masks=["heads", "intermediate", "hidden"]))
+    randomise_gates(compressor, seed=4)
+    assert_masks_matter(compressor, images, tokens)
+    dense, result = compressor.prune()
+    kept = len(result.record["image"]["hidden"])
+    assert dense.visual.norm_pre.weight.shape == (kept,) and kept < 64
+    assert_same_function(model, dense, images, tokens)

@@ -167,9 +167,11 @@ def _shrink_stream(stream: HiddenStream, hidden: Keep) -> None:
         apply(ref, fold=True)
     for ref in stream.sliced:
         apply(ref, fold=False)
+    # A pre-norm is both an entry writer (its affine was folded above) and a stream norm: each tensor once.
+    done = {(id(ref.owner), ref.name) for ref in (*stream.entry_writers, *stream.sliced)}
     for norm in stream.norms:
         for name in ("weight", "bias"):
-            if getattr(norm, name) is not None:
+            if getattr(norm, name) is not None and (id(norm), name) not in done:
                 apply(TensorRef(norm, name, 0), fold=False)
         norm.normalized_shape = (hidden.index.numel(),)
     for owner, attr in stream.width_attrs:

@@ -253,7 +253,9 @@ def _vit_stream(tower: nn.Module, inside_sites: set[int]) -> HiddenStream | None
         sliced.append(TensorRef(head, "weight", 1))
     norm_pre = getattr(tower, "norm_pre", None)
     if isinstance(norm_pre, nn.LayerNorm):  # a pre-norm produces the stream: the mask folds into its affine
-        entry_writers = [TensorRef(norm_pre, "weight", 0), TensorRef(norm_pre, "bias", 0)]
+        if norm_pre.weight is None:
+            raise StructureError("hidden masks need a pre-norm with an affine gain to fold the mask into")
+        entry_writers = [TensorRef(norm_pre, n, 0) for n in ("weight", "bias") if getattr(norm_pre, n) is not None]
         sliced += embeddings
     else:
         entry_writers = embeddings
