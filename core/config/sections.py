@@ -8,12 +8,14 @@ types are errors: a typo in a study must never silently train the default.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from ablate.core.compression.config import CompressionConfig
 from ablate.core.config.base import StrictModel
+from ablate.core.evaluation.config import EvalTaskConfig
 from ablate.core.merging.schedule import TokenMergingConfig
 
 
@@ -28,12 +30,19 @@ class TextTowerConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """Which dual encoder to build (a name from `ablate models`), its CLIP temperature and architecture axes.
+    """Which dual encoder to build (a name from `ablate models` or any open_clip architecture), the weights it
+    starts from, its CLIP temperature and architecture axes.
 
     The defaults build every named model exactly as registered (softmax attention, its own text tower).
     """
 
     name: str = "tiny"
+    pretrained: str | None = Field(
+        None,
+        validation_alias=AliasChoices("pretrained", "init"),
+        description="start from these weights (full fine-tuning): a file or run folder, hf-hub:org/repo, or a "
+        "pretrained tag of `name` from the local HF cache; what does not fit is reported (core/models/weights.py)",
+    )
     init_logit_scale: float = Field(math.log(1 / 0.07), description="ln(1/τ) at init, open_clip's default")
     max_logit_scale: float = Field(100.0, gt=0, description="exp(logit_scale) is clamped to this after each step")
     attention: Literal["softmax", "sigmoid"] = Field(
@@ -43,6 +52,12 @@ class ModelConfig(StrictModel):
         "neg_log_n", description="sigmoid b: −ln(number of keys); −ln n + a learnt per-layer scalar; 0"
     )
     qk_norm: bool = Field(False, description="LayerNorm on each head's queries and keys")
+    image_size: int | None = Field(
+        None,
+        ge=16,
+        description="train and evaluate at this resolution (None: the model's own, e.g. 256 for MobileCLIP2-S0); "
+        "convolutional towers take any size, ViT towers resample their position embeddings",
+    )
     text: TextTowerConfig = Field(default_factory=TextTowerConfig)
     token_merging: TokenMergingConfig | None = Field(
         None, description="ToMe schedules per tower (r per layer); applied at inference, in training if asked"
@@ -122,10 +137,13 @@ class LossConfig(StrictModel):
 
 
 class TeacherSpec(StrictModel):
-    """One teacher: a model the factory builds and the checkpoint holding its weights (ours or open_clip's)."""
+    """One teacher: a model the factory builds (ours, or any open_clip architecture such as ViT-L-14) and its
+    weights, as open_clip's `pretrained` names them (core/models/weights.py): a file or run folder, an
+    `hf-hub:org/repo` id, or a pretrained tag of the model (`openai`, `dfndr2b`) read from the local HF cache.
+    `pretrained:` is accepted for `checkpoint:`."""
 
     model: str
-    checkpoint: str
+    checkpoint: str = Field(validation_alias=AliasChoices("checkpoint", "pretrained"))
     logit_scale: float = Field(100.0, gt=0, description="its distillation multiplier 1/τ_k (MobileCLIP2: 70, 60)")
 
 
@@ -214,10 +232,18 @@ class TrainLoopConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """Zero-shot classification and retrieval on the held-out split."""
+    """Zero-shot classification and retrieval on the held-out split, and the suites in `tasks`."""
 
     batch_size: int = Field(256, ge=1)
     max_samples: int | None = Field(None, ge=1, description="evaluate on the first N val samples only")
+    tasks: list[EvalTaskConfig] = Field(
+        default_factory=list,
+        description="benchmarks beside the training data: ImageFolder, clip_benchmark webdataset or manifest "
+        "retrieval (core/evaluation/config.py; README, Your own evaluation)",
+    )
+    final: bool = Field(
+        True, description="evaluate after the last step; false: only the periodic evaluations before it run"
+    )
     efficiency: bool = Field(
         True, description="at the end: parameters, MACs, CPU latency/throughput of the reparameterised model"
     )
@@ -251,11 +277,18 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
-        if self.optim.warmup_for(self.train.steps) >= self.train.steps:
-            raise ValueError(
-                f"optim.warmup_steps ({self.optim.warmup_for(self.train.steps)}) must be smaller than train.steps "
-                f"({self.train.steps})"
+        """A warmup as long as the run never reaches its peak LR: clamp it to 10% of the run, with a warning,
+        so that a short `--set train.steps=20` works with the default 50-step warmup."""
+        steps, warmup = self.train.steps, self.optim.warmup_for(self.train.steps)
+        if warmup >= steps:
+            field = "optim.warmup_fraction" if self.optim.warmup_fraction is not None else "optim.warmup_steps"
+            clamped = steps // 10
+            warnings.warn(
+                f"{field} ({warmup} steps) does not fit train.steps ({steps}): warmup clamped to {clamped} steps",
+                stacklevel=2,
             )
+            self.optim.warmup_fraction = None
+            self.optim.warmup_steps = clamped
         return self
 
     @model_validator(mode="after")
@@ -287,6 +320,11 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"compression needs loss.lambda > 0 and loss.alpha > 0: the sparsity loss is weighted by λ·α "
                 f"(got lambda={self.loss.lambda_}, alpha={self.loss.alpha})"
+            )
+        if compression.inherit != "none" and self.model.pretrained is not None:
+            raise ValueError(
+                f"model.pretrained ({self.model.pretrained!r}) and compression.inherit ({compression.inherit}) both "
+                "set the student's first weights: use one of them"
             )
         if compression.inherit == "auto" and compression.teacher_model not in (None, self.model.name):
             raise ValueError(

@@ -8,9 +8,12 @@ its softmax twin (same seed) starts from, which keeps paired ablations paired.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from open_clip.transformer import TextTransformer
+from open_clip.transformer import VisionTransformer as OpenClipViT
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ablate.core.config.base import ConfigError
@@ -19,17 +22,35 @@ from ablate.core.merging import apply_token_merging
 from ablate.core.models.attention import AttentionSpec, swap_attention
 from ablate.core.models.clip import CLIP
 from ablate.core.models.factory import create_model
+from ablate.core.models.registry import UnknownModelError
 from ablate.core.models.text import TextEncoder, TextSpec, spec_of_open_clip
+from ablate.core.models.weights import load_weights
+
+log = logging.getLogger("ablate.model")
 
 
 def attention_spec(config: ModelConfig) -> AttentionSpec:
     return AttentionSpec(kind=config.attention, sigmoid_bias=config.sigmoid_bias, qk_norm=config.qk_norm)
 
 
-def build_model(config: ModelConfig) -> CLIP:
-    """What the trainer builds for `config.model`; a bad combination is a ConfigError naming the field."""
-    model = create_model(config.name, init_logit_scale=config.init_logit_scale, max_logit_scale=config.max_logit_scale)
+def build_model(config: ModelConfig, pretrained: bool = False) -> CLIP:
+    """What the trainer builds for `config.model`; a bad combination is a ConfigError naming the field.
+
+    `pretrained`: load `config.pretrained` (a fresh run; a resumed one reads its checkpoint instead). The weights
+    go into the named architecture before the axes are applied, so attention and text-tower conversions carry them.
+    """
+    try:
+        model = create_model(
+            config.name, init_logit_scale=config.init_logit_scale, max_logit_scale=config.max_logit_scale
+        )
+    except UnknownModelError as err:
+        raise ConfigError(f"model.name: {err}") from None
+    if pretrained and config.pretrained is not None:
+        report = load_weights(model, config.name, config.pretrained, "model.pretrained")
+        log.log(logging.INFO if report.complete else logging.WARNING, "model.pretrained: %s", report.summary())
     spec = attention_spec(config)
+    if config.image_size is not None and config.image_size != model.inputs.image_size:
+        _resize_images(model, config.image_size, config.name)
     try:
         model.text = _text_tower(model.text, config.text, spec)
         if not spec.is_default:
@@ -39,6 +60,21 @@ def build_model(config: ModelConfig) -> CLIP:
     except ValueError as err:
         raise ConfigError(f"model ({config.name}): {err}") from None
     return model
+
+
+def _resize_images(model: CLIP, size: int, name: str) -> None:
+    """`model.image_size`: feed the image tower `size` px images (the data pipeline reads `model.inputs`).
+    Convolutional towers (MCi, FastViT) take any size; timm ViTs resample their position embeddings; open_clip's
+    own ViT keeps a fixed table, so it is refused here, naming the field, rather than failing at the first step."""
+    trunk = getattr(model.visual, "trunk", model.visual)  # open_clip wraps timm towers in TimmModel.trunk
+    if isinstance(trunk, OpenClipViT):
+        raise ConfigError(
+            f"model.image_size: {name}'s image tower (open_clip VisionTransformer) has a fixed position table; "
+            f"it takes only its native {model.inputs.image_size} px, not {size}"
+        )
+    if isinstance(trunk, VisionTransformer):
+        trunk.set_input_size(img_size=(size, size))
+    model.inputs = replace(model.inputs, image_size=size)
 
 
 def _text_tower(text: nn.Module, options: TextTowerConfig, attention: AttentionSpec) -> nn.Module:

@@ -128,11 +128,12 @@ def from_open_clip(name: str, **scale: float) -> CLIP:
         )
     finally:
         root_logger.disabled = was_disabled
-    tag = open_clip.list_pretrained_tags_by_model(name)[0]
-    preprocess = open_clip.get_pretrained_cfg(name, tag)
+    tags = open_clip.list_pretrained_tags_by_model(name)  # its first tag's preprocessing; none: OpenAI's
+    preprocess = open_clip.get_pretrained_cfg(name, tags[0]) if tags else {}
+    size = config["vision_cfg"]["image_size"]
     inputs = InputSpec(
-        image_size=int(config["vision_cfg"]["image_size"]),
-        context_length=int(config["text_cfg"]["context_length"]),
+        image_size=int(size if isinstance(size, int) else size[0]),
+        context_length=int(config["text_cfg"].get("context_length", 77)),
         mean=tuple(preprocess.get("mean", OPENAI_DATASET_MEAN)),
         std=tuple(preprocess.get("std", OPENAI_DATASET_STD)),
     )

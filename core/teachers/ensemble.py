@@ -5,14 +5,15 @@ embeddings, exactly the vector DataCompDR stores, so stored and online distillat
 tensor. `dims` says where each teacher's slice ends and `logit_scales` holds the multipliers 1/τ_k (100 for
 DataCompDR's teachers, 70/60 for MobileCLIP2's).
 
-Checkpoints are ours (a run folder or one of its `step_*.pt` files) or an open_clip state dict whose keys are
-`visual.*` / `text.*` (open_clip's CustomTextCLIP, which is what the factory's MobileCLIP towers are).
+A teacher is any model the factory builds (ours, or an open_clip architecture such as ViT-L-14) with weights named
+as open_clip names them (`core/models/weights.py`: a file, a run folder of ours, `hf-hub:org/repo`, or a pretrained
+tag read from the local Hugging Face cache). A teacher must load completely: a missing tensor would distil from
+random weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
@@ -21,38 +22,32 @@ from torch import nn
 from ablate.core.config.base import ConfigError
 from ablate.core.config.sections import TeacherSpec
 from ablate.core.data.pixels import to_model_input
-from ablate.core.models import CLIP
-from ablate.core.models.factory import create_model
-from ablate.core.training.checkpoint import latest_checkpoint
+from ablate.core.models import CLIP, UnknownModelError
+from ablate.core.models.factory import create_model, is_known, unknown_model_message
+from ablate.core.models.weights import load_weights, resolve_weights
 
 
-def checkpoint_file(path: str | Path) -> Path:
-    """A checkpoint file, or the latest checkpoint of a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        latest = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if latest is None:
-            raise FileNotFoundError(f"teacher checkpoint: {path} is a folder without step_*.pt checkpoints")
-        return latest.path
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher checkpoint: {path} does not exist")
-    return path
-
-
-def load_teacher(spec: TeacherSpec) -> CLIP:
-    """Build `spec.model` and load its weights; frozen and in eval mode."""
-    model = create_model(spec.model)
-    path = checkpoint_file(spec.checkpoint)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    weights = state.get("model", state.get("state_dict", state))
-    weights = {key.removeprefix("module."): value for key, value in weights.items()}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
+def load_teacher(spec: TeacherSpec, where: str = "teacher") -> CLIP:
+    """Build `spec.model` and load all of its weights; frozen and in eval mode. `where` names the config field
+    holding the spec (`teachers.members[1]`), so an error points at the value to fix."""
+    try:
+        model = create_model(spec.model)
+    except UnknownModelError as err:
+        raise ConfigError(f"{where}.model: {err}") from None
+    report = load_weights(model, spec.model, spec.checkpoint, f"{where}.checkpoint")
+    if not report.complete:
         raise ConfigError(
-            f"teacher checkpoint {path} does not fit model {spec.model!r}: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            f"{where}.checkpoint: {spec.checkpoint!r} does not fit model {spec.model!r}: {report.summary()}"
         )
     return model.eval().requires_grad_(False)
+
+
+def check_teacher(spec: TeacherSpec, where: str = "teacher") -> None:
+    """What `load_teacher` would refuse, found without building the model: an unknown architecture, or weights
+    that cannot be found (for dry runs and command lines, before minutes of work start)."""
+    if not is_known(spec.model):
+        raise ConfigError(f"{where}.model: {unknown_model_message(spec.model)}")
+    resolve_weights(spec.model, spec.checkpoint, f"{where}.checkpoint")
 
 
 def embedding_dim(model: CLIP) -> int:
@@ -75,8 +70,8 @@ class TeacherEnsemble(nn.Module):
         self.tokenizers = [SimpleTokenizer(context_length=member.inputs.context_length) for member in members]
 
     @classmethod
-    def load(cls, specs: Sequence[TeacherSpec]) -> TeacherEnsemble:
-        members = [load_teacher(spec) for spec in specs]
+    def load(cls, specs: Sequence[TeacherSpec], where: str = "teachers.members") -> TeacherEnsemble:
+        members = [load_teacher(spec, f"{where}[{index}]") for index, spec in enumerate(specs)]
         return cls(members, [spec.logit_scale for spec in specs], [spec.model for spec in specs])
 
     def train(self, mode: bool = True) -> TeacherEnsemble:

@@ -7,7 +7,6 @@ continues from it, bit-exactly on CPU (see checkpoint.py and data/sampler.py for
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import math
@@ -18,18 +17,17 @@ from pathlib import Path
 
 import torch
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from ablate.core.compression.stages import CompressionStages, Pruned
 from ablate.core.config.sections import TrainConfig
 from ablate.core.data.bundled import resolve_data_root
-from ablate.core.data.dataset import EvalDataset
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforcement_store import ReinforcementStore, TeacherLayout
 from ablate.core.data.sampler import StepBatchSampler
 from ablate.core.data.train_dataset import TrainDataset
-from ablate.core.evaluation.evaluate import evaluate, evaluation_metric_names
+from ablate.core.evaluation.config import EvalTaskConfig
+from ablate.core.evaluation.suite import EvaluationSuite, suite_metric_names
 from ablate.core.models import parameter_counts
 from ablate.core.models.build import build_model
 from ablate.core.models.efficiency import efficiency_metric_names, efficiency_metrics
@@ -41,6 +39,7 @@ from ablate.core.training.fast_paths import DataWaitClock, TrainStep
 from ablate.core.training.inputs import RunInputs, direct_inputs
 from ablate.core.training.objective import TeacherSource, compute_loss
 from ablate.core.training.optim import build_optimizer, learning_rate, set_learning_rate
+from ablate.core.training.progress import RunProgress
 from ablate.core.training.runtime import configure_threads, ignore_job_signals, resolve_device, seed_everything
 from ablate.core.training.tracking import RunTracker
 
@@ -64,10 +63,10 @@ class TrainResult:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
 
-def result_metric_names(zero_shot_tasks: Iterable[str]) -> list[str]:
+def result_metric_names(zero_shot_tasks: Iterable[str], eval_tasks: Sequence[EvalTaskConfig] = ()) -> list[str]:
     """Every name a TrainResult's `metrics` can hold, i.e. what a study may use as an objective."""
     names = [f"model/params_{part}" for part in ("image", "text", "total")] + ["compression/realised_sparsity"]
-    return names + evaluation_metric_names(zero_shot_tasks) + efficiency_metric_names()
+    return names + suite_metric_names(zero_shot_tasks, eval_tasks) + efficiency_metric_names()
 
 
 def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: RunInputs | None = None) -> TrainResult:
@@ -108,10 +107,11 @@ class Trainer:
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         extra = checkpoint_extra(checkpoint.path) if checkpoint else {}
         self.stages = CompressionStages(config.compression) if config.compression else None
+        log.info("building model %s%s", config.model.name, f" (resuming step {checkpoint.step})" if checkpoint else "")
         if self.stages is None:
-            model = build_model(config.model)
+            model = build_model(config.model, pretrained=checkpoint is None)
         elif checkpoint is None:
-            model = self.stages.initial_model(lambda: build_model(config.model), self.inputs.inherit_from)
+            model = self.stages.initial_model(lambda: build_model(config.model, True), self.inputs.inherit_from)
         else:  # the weights come from the checkpoint; only the (pruned) architecture must be rebuilt
             model = self.stages.restore(build_model(config.model), extra)
         self.model = model.to(self.device)
@@ -126,9 +126,10 @@ class Trainer:
         self.start_step, self.compute_before = restored
         self.resumed = checkpoint is not None
 
+        log.info("reading the data%s", " and the teachers' embeddings" if self.inputs.reinforcement else "")
         manifest = load_manifest(resolve_data_root(self.config.data))
         train_set = self._training_data(manifest)
-        self.eval_set = EvalDataset(manifest, self.model.inputs, "val", self.config.eval.max_samples)
+        self.evaluator = EvaluationSuite(self.config.eval, manifest, self.model.inputs)  # checks eval.tasks
         sampler = StepBatchSampler(
             len(train_set),
             self.config.train.batch_size,
@@ -156,6 +157,7 @@ class Trainer:
         store = ReinforcementStore(reinforcement) if reinforcement else None
         online = None
         if config.teachers.mode == "online":
+            log.info("loading %d online teachers", len(self.inputs.teachers))
             online = TeacherEnsemble.load(self.inputs.teachers).to(self.device)
         self.teachers = None
         if online is not None:
@@ -238,11 +240,16 @@ class Trainer:
         clock = DataWaitClock()
         window_sums: dict[str, torch.Tensor] = {}  # loss terms summed on device: no host sync until the log step
         window_start, window_steps = time.perf_counter(), 0
+        main = self.group.is_main
+        self.progress = RunProgress(
+            self.run_dir if main else None, settings.progress and main, settings.steps, self.start_step
+        )
         if self.start_step >= settings.steps:  # killed after its last checkpoint: only the final evaluation is due
-            self._evaluate(self.start_step, result, bf16)
+            if config.eval.final:
+                self._evaluate(self.start_step, result, bf16)
             return
         self.model.train()
-        with _progress(settings.progress and self.group.is_main, settings.steps, self.start_step) as (progress, task):
+        with self.progress as progress:
             for step, batch in enumerate(clock.wrap(self.loader), start=self.start_step):
                 model, optimizer = self.model, self.optimizer  # both are replaced when a stage prunes
                 sparsity = self._begin_stage_step(step)
@@ -279,16 +286,12 @@ class Trainer:
                     train_metrics |= stage_metrics
                     if self.tracker:
                         self.tracker.log_metrics(train_metrics, done)
-                    progress.update(
-                        task,
-                        completed=done,
-                        loss=train_metrics["train/loss"],
-                        speed=train_metrics["train/samples_per_s"],
-                    )
+                    progress.logged(done, train_metrics["train/loss"], train_metrics["train/samples_per_s"])
                     window_sums.clear()
                     window_start, window_steps = time.perf_counter(), 0
 
-                if done % settings.eval_every == 0 or done == settings.steps:
+                # The last step evaluates only if `eval.final` (its prompts can take a minute on a real model).
+                if (done % settings.eval_every == 0) if done < settings.steps else config.eval.final:
                     stop = self._evaluate(done, result, bf16)
                     window_start = time.perf_counter()  # evaluation time is not training throughput
                     clock.take()
@@ -358,11 +361,12 @@ class Trainer:
         """Evaluate, log, and ask the callbacks whether to stop (rank 0; the other ranks wait for its answer)."""
         if not self.group.is_main:
             return self.group.agree(False)
-        metrics = evaluate(self.model, self.eval_set, self.config.eval.batch_size, self.device, bf16)
+        metrics = self.evaluator(self.model, self.device, bf16)
         result.metrics = self.run_metrics | metrics
         result.history.append((step, metrics))
         if self.tracker:
             self.tracker.log_metrics(metrics, step)
+        self.progress.evaluated(step, metrics)
         log.info("step %d: %s", step, ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items()))
         return self.group.agree(any(callback(step, metrics) for callback in self.callbacks))
 
@@ -379,19 +383,3 @@ class Trainer:
             self.stages.extra_state() if self.stages is not None else None,
             self.step.scaler,
         )
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, start: int):
-    """A rich bar with loss and samples/s; silent when disabled (e.g. inside trial jobs writing to files)."""
-    columns = [
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TextColumn("{task.fields[speed]:.0f} samples/s"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, disable=not enabled, transient=False) as progress:
-        task = progress.add_task("train", total=total, completed=start, loss=float("nan"), speed=0.0)
-        yield progress, task

@@ -1,0 +1,167 @@
+"""Pretrained weights as open_clip names them, loaded offline: tags and hf-hub ids from a Hugging Face cache that
+the tests write in huggingface_hub's own layout (blobs + snapshot symlinks + refs/main) from randomly initialised
+weights, open_clip state dicts in every file format, and the errors that name the field holding a bad value."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import TeacherSpec
+from ablate.core.models.build import build_model
+from ablate.core.models.factory import create_model
+from ablate.core.models.weights import load_weights, resolve_weights
+from ablate.core.teachers.ensemble import check_teacher, load_teacher
+
+VIT_B_32_HUB = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # open_clip's hub repo of ViT-B-32 laion2b_s34b_b79k
+
+
+def write_hub_file(cache: Path, repo: str, filename: str, payload: bytes, revision: str = "0" * 40) -> Path:
+    """One file in huggingface_hub's cache layout: models--org--name/{blobs/<sha256>, snapshots/<rev>/<file> ->
+    ../../blobs/<sha256>, refs/main = <rev>}; what `hf_hub_download(..., local_files_only=True)` resolves."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    blob = folder / "blobs" / hashlib.sha256(payload).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(payload)
+    snapshot = folder / "snapshots" / revision / filename
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.symlink_to(Path("../..") / "blobs" / blob.name)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def open_clip_state(name: str, seed: int) -> dict[str, torch.Tensor]:
+    """A randomly initialised open_clip model's state dict in open_clip's own layout (CLIP keeps its text tower
+    at the top level: `transformer.*`, `token_embedding.*`), as the files on the hub hold it."""
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None)
+    return {key: value.contiguous() for key, value in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def vit_b_32_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A HF cache holding a random ViT-B-32 as laion2b_s34b_b79k's open_clip_model.safetensors."""
+    cache = tmp_path_factory.mktemp("hf-hub")
+    state = open_clip_state("ViT-B-32", seed=3)
+    staging = tmp_path_factory.mktemp("staging") / "weights.safetensors"
+    save_file(state, staging)
+    write_hub_file(cache, VIT_B_32_HUB, "open_clip_model.safetensors", staging.read_bytes())
+    return cache, state
+
+
+@pytest.fixture
+def hub_cache(vit_b_32_cache, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    cache, state = vit_b_32_cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return state
+
+
+def assert_holds(model, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor of the open_clip file is in the model under its CustomTextCLIP name, value for value."""
+    own = model.state_dict()
+    for key, value in state.items():
+        ours = key if key.startswith(("visual.", "logit")) else f"text.{key}"
+        if key == "attn_mask":  # a buffer open_clip rebuilds, not a weight
+            continue
+        assert torch.equal(own[ours], value), key
+
+
+def test_a_pretrained_tag_resolves_from_the_local_hub_cache(hub_cache, no_network: None) -> None:
+    resolved = resolve_weights("ViT-B-32", "laion2b_s34b_b79k", "model.pretrained")
+    assert resolved.path.name == "open_clip_model.safetensors" and VIT_B_32_HUB.replace("/", "--") in str(resolved.path)
+    model = create_model("ViT-B-32")
+    report = load_weights(model, "ViT-B-32", "laion2b_s34b_b79k", "model.pretrained")
+    assert report.complete, report.summary()
+    assert_holds(model, hub_cache)
+    assert model.inputs.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))  # the tag's preprocessing
+
+
+def test_an_hf_hub_id_names_the_same_file(hub_cache, no_network: None) -> None:
+    model = create_model("ViT-B-32")
+    report = load_weights(model, "ViT-B-32", f"hf-hub:{VIT_B_32_HUB}", "teachers.members[0].checkpoint")
+    assert report.complete and report.path.name == "open_clip_model.safetensors"
+    assert_holds(model, hub_cache)
+
+
+def test_missing_hub_files_and_unknown_tags_name_the_field(hub_cache, no_network: None) -> None:
+    with pytest.raises(ConfigError, match=r"teachers.members\[1\].checkpoint: 'openai': no .* hub repo timm/"):
+        resolve_weights("ViT-B-32", "openai", "teachers.members[1].checkpoint")  # its repo is not in the cache
+    with pytest.raises(ConfigError, match=r"model.pretrained: 'laion9b'.*tags: .*laion2b_s34b_b79k"):
+        resolve_weights("ViT-B-32", "laion9b", "model.pretrained")
+    with pytest.raises(ConfigError, match=r"model.pretrained: 'hf-hub:apple/none'.*apple/none"):
+        resolve_weights("MobileCLIP2-S0", "hf-hub:apple/none", "model.pretrained")
+
+
+def test_teacher_errors_name_the_member_field() -> None:
+    with pytest.raises(ConfigError, match=r"^teachers.members\[1\].model: unknown model 'ViT-S-33'"):
+        check_teacher(TeacherSpec(model="ViT-S-33", checkpoint="x"), "teachers.members[1]")
+    with pytest.raises(ConfigError, match=r"^model.name: unknown model 'tinyy'"):
+        from ablate.core.config.sections import ModelConfig
+
+        build_model(ModelConfig(name="tinyy"))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin", ".pt"])
+def test_open_clip_files_load_in_every_format(tmp_path: Path, suffix: str) -> None:
+    """A `tiny` model's weights written as open_clip files (safetensors, torch .bin) and as an open_clip_train
+    `epoch_N.pt` (`state_dict` under DDP's `module.` prefix) load back exactly."""
+    source = create_model("tiny")
+    torch.manual_seed(1)
+    for parameter in source.parameters():
+        parameter.data.normal_()
+    state = {key: value.contiguous() for key, value in source.state_dict().items()}
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, path)
+    elif suffix == ".bin":
+        torch.save(state, path)
+    else:
+        path = tmp_path / "epoch_3.pt"
+        torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    target = create_model("tiny")
+    report = load_weights(target, "tiny", str(path), "model.pretrained")
+    assert report.complete, report.summary()
+    for key, value in state.items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_a_file_that_fits_nothing_is_an_error_and_a_partial_fit_is_reported(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"encoder.weight": torch.zeros(2, 2)}, foreign)
+    with pytest.raises(ConfigError, match=r"model.pretrained: .*no tensor fits model 'tiny'.*encoder.weight"):
+        load_weights(create_model("tiny"), "tiny", str(foreign), "model.pretrained")
+    half = {k: v for k, v in create_model("tiny").state_dict().items() if k.startswith("visual.")}
+    partial = tmp_path / "image-only.safetensors"
+    save_file({k: v.contiguous() for k, v in half.items()} | {"extra.bias": torch.zeros(3)}, partial)
+    report = load_weights(create_model("tiny"), "tiny", str(partial), "model.pretrained")
+    assert set(report.loaded) == set(half) and report.unexpected == ["extra.bias"]
+    assert report.missing and all(key.startswith(("text.", "logit")) for key in report.missing)
+    with pytest.raises(ConfigError, match=r"teachers.members\[0\].checkpoint: .* does not fit .*missing"):
+        load_teacher(TeacherSpec(model="tiny", checkpoint=str(partial)), "teachers.members[0]")
+
+
+def test_student_starts_from_model_pretrained_before_the_axes_apply(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """model.pretrained loads into the named architecture; a sigmoid-attention student converts those weights."""
+    from ablate.core.config.sections import ModelConfig
+
+    source = create_model("tiny")
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    with caplog.at_level(logging.INFO, logger="ablate.model"):
+        model = build_model(ModelConfig(name="tiny", pretrained=str(path)), pretrained=True)
+    assert "model.pretrained: " in caplog.text and "tensors loaded" in caplog.text
+    assert torch.equal(model.visual.patch_embed.proj.weight, source.visual.patch_embed.proj.weight)
+    fresh = build_model(ModelConfig(name="tiny", pretrained=str(path)))  # resumes read their checkpoint instead
+    assert not torch.equal(fresh.visual.patch_embed.proj.weight, source.visual.patch_embed.proj.weight)
+    converted = build_model(ModelConfig(name="tiny", init=str(path), attention="sigmoid"), pretrained=True)
+    assert torch.equal(converted.text.token_embedding.weight, source.text.token_embedding.weight)
