@@ -14,7 +14,7 @@ import optuna
 
 from ablate.ablations.optuna_study import distributions, fixed_params, grid_points, make_sampler
 from ablate.ablations.spec import CategoricalParam, StudySpec
-from ablate.core.compression.stages import inheritance_source
+from ablate.ablations.storage_check import check_storages
 from ablate.core.config.base import ConfigError
 from ablate.core.config.loading import apply_overrides, validate_train_config
 from ablate.core.config.sections import TrainConfig
@@ -22,8 +22,12 @@ from ablate.core.data.bundled import bundled_shapes_path
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforcement_store import reinforcement_shards
 from ablate.core.data.shapes import zero_shot_tasks
-from ablate.core.models.factory import list_models
-from ablate.core.teachers.bundled import BUNDLED_RECIPE, teacher_metrics
+from ablate.core.evaluation.suite import resolve_tasks
+from ablate.core.models.factory import is_known, unknown_model_message
+from ablate.core.models.weights import resolve_weights
+from ablate.core.teachers.bundled import BUNDLED_RECIPE, inheritance_of, teacher_metrics
+from ablate.core.teachers.ensemble import check_teacher
+from ablate.core.training.runtime import resolve_device
 from ablate.core.training.trainer import result_metric_names
 from ablate.slurm.executors import threads_per_trial
 
@@ -39,20 +43,32 @@ class StudyPlan:
 
 
 def check_runtime(spec: StudySpec, base: dict[str, Any], source: str) -> tuple[str, list[str]]:
-    """Data, model names and objectives; returns a description of the data and the reportable metrics."""
+    """Stores, data, model names and objectives; returns a description of the data and the reportable metrics."""
     config = validate_train_config(base, source)
+    check_storages(spec, source)
+    if spec.executor.kind != "slurm":  # a login node may lack the GPUs of the compute nodes
+        for where, fixed in _fixed_configs(spec, base, source).items():
+            try:
+                resolve_device(fixed.train.device)
+            except ConfigError as err:
+                raise ConfigError(f"{source}: {where}: {err}") from None
     if config.data.root is not None:
         manifest = load_manifest(config.data.root)  # FileNotFoundError names data.root
-        tasks, data = list(manifest.zero_shot), f"{config.data.root} ({manifest.name})"
+        tasks, data, root = list(manifest.zero_shot), f"{config.data.root} ({manifest.name})", config.data.root
     else:
         root = bundled_shapes_path(config.data.shapes_train, config.data.shapes_val, config.data.shapes_seed)
         cached = (root / "manifest.json").is_file()
         tasks = list(zero_shot_tasks())
         data = f"bundled shapes benchmark at {root} ({'cached' if cached else 'generated on first launch'})"
+    try:
+        resolve_tasks(config.eval.tasks, root)  # folders, class names, templates and labels, before any trial
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    data += "".join(f"; eval task {task.name} ({task.format} {task.path or root})" for task in config.eval.tasks)
     data += describe_teachers(config)
     _check_model_names(spec, base, source)
     _check_inheritance_sources(spec, base, source)
-    reported = result_metric_names(tasks)
+    reported = result_metric_names(tasks, config.eval.tasks)
     for index, objective in enumerate(spec.objectives):
         if objective.metric not in reported:
             raise ConfigError(
@@ -83,26 +99,40 @@ def _fixed_configs(spec: StudySpec, base: dict[str, Any], source: str) -> dict[s
 
 
 def _check_inheritance_sources(spec: StudySpec, base: dict[str, Any], source: str) -> None:
-    """Compression that inherits from a named checkpoint must know its architecture before any trial starts."""
-    for where, config in _fixed_configs(spec, base, source).items():
-        compression = config.compression
-        if compression is None or compression.inherit == "none" or compression.teacher_checkpoint == "bundled":
-            continue
+    """Compression that inherits must know its teacher's architecture before any trial starts, and with
+    `inherit: auto` (the student is the teacher) every model.name a trial can get must be that architecture."""
+    configs = _fixed_configs(spec, base, source)
+    choice = spec.search_space.get("model.name")
+    if isinstance(choice, CategoricalParam):
+        for name in choice.choices:
+            tree = apply_overrides(base, {"model.name": name})
+            configs[f"search_space.model.name ({name})"] = validate_train_config(tree, source)
+    for where, config in configs.items():
         try:
-            inheritance_source(compression)
+            inheritance_of(config)
         except ConfigError as err:
-            raise ConfigError(f"{source}: {where}: {err}") from None
+            raise ConfigError(f"{source}: {where.split(' ')[0]}: {err}") from None
 
 
 def _check_model_names(spec: StudySpec, base: dict[str, Any], source: str) -> None:
-    known = {entry.name for entry in list_models()}
-    candidates = {(where, config.model.name) for where, config in _fixed_configs(spec, base, source).items()}
+    """Every student name (ours or open_clip's), and the online teachers' names and weights, before trials run."""
+    configs = _fixed_configs(spec, base, source)
+    candidates = {(where, config.model.name) for where, config in configs.items()}
     choice = spec.search_space.get("model.name")
     if isinstance(choice, CategoricalParam):
         candidates.update(("search_space.model.name", value) for value in choice.choices)
     for where, name in sorted(candidates):
-        if name not in known:
-            raise ConfigError(f"{source}: {where}: unknown model {name!r} (available: {', '.join(sorted(known))})")
+        if not is_known(name):
+            raise ConfigError(f"{source}: {where}: {unknown_model_message(name)}")
+    for where, config in configs.items():
+        members = config.teachers.members if config.teachers.mode == "online" else "bundled"
+        try:
+            for index, member in enumerate([] if members == "bundled" else members):
+                check_teacher(member, f"teachers.members[{index}]")
+            if config.model.pretrained is not None:
+                resolve_weights(config.model.name, config.model.pretrained, "model.pretrained")
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {where}: {err}") from None
 
 
 def plan_study(spec: StudySpec, base: dict[str, Any], source: str, preview: int = 5) -> StudyPlan:

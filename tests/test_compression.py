@@ -373,3 +373,35 @@ def test_inheritance_source_reads_the_architecture_a_run_folder_records(tmp_path
     assert inheritance_source(named).model == "tiny"
     with pytest.raises(ConfigError, match=r"compression.teacher_model: not set.*open_clip.pt"):
         inheritance_source(CompressionConfig(**auto, teacher_checkpoint=str(tmp_path / "open_clip.pt")))
+
+
+def test_auto_inheritance_trains_the_model_the_run_names(tmp_path, monkeypatch) -> None:
+    """inherit: auto trains a copy of the teacher, so `model.name` must be the teacher's architecture: `tiny`
+    with the bundled (`small`) teacher trained a `small` labelled `tiny`, and its resume rebuilt a `tiny`. The
+    contradiction is found before the bundled teachers would be trained."""
+    import ablate.core.teachers.bundled as bundled
+    from ablate.core.config.base import ConfigError
+    from ablate.core.config.sections import TeacherSpec, TrainConfig
+    from ablate.core.training.inputs import direct_inputs
+
+    trained = []
+    monkeypatch.setattr(
+        bundled, "train_teachers", lambda **_: trained.append(1) or [TeacherSpec(model="small", checkpoint="t0")]
+    )
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model:\n  name: small\n")
+
+    def config(name: str, checkpoint: str, inherit: str = "auto") -> TrainConfig:
+        compression = {"schedule": [0.5], "inherit": inherit, "teacher_checkpoint": checkpoint}
+        tree = {"model": {"name": name}, "loss": {"lambda": 1.0, "alpha": 0.5}, "compression": compression}
+        return TrainConfig.model_validate({**tree, "data": {"reinforcement": str(tmp_path)}})
+
+    message = r"model.name: 'tiny', but compression.inherit is auto: the student is a trainable copy of its teacher"
+    with pytest.raises(ConfigError, match=message + r", a 'small' \(the bundled teacher 0\)"):
+        bundled.prepare_inputs(config("tiny", "bundled"))
+    assert not trained
+    with pytest.raises(ConfigError, match=message + r", a 'small' \(.*run/config.yaml\)"):
+        direct_inputs(config("tiny", str(tmp_path / "run")))
+    assert direct_inputs(config("small", str(tmp_path / "run"))).inherit_from.model == "small"
+    assert bundled.prepare_inputs(config("small", "bundled")).inherit_from.model == "small"
+    assert direct_inputs(config("tiny", str(tmp_path / "run"), "manual")).inherit_from.model == "small"

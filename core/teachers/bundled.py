@@ -20,7 +20,14 @@ from ablate.core.config.sections import DataConfig, TeacherSpec, TrainConfig
 from ablate.core.data.bundled import cache_dir, resolve_data_root
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforce import ReinforceSettings, read_info, reinforce_dataset
-from ablate.core.training.inputs import RunInputs, direct_inputs, unprepared_fields
+from ablate.core.training.inputs import (
+    RunInputs,
+    check_auto_inheritance,
+    direct_inputs,
+    explicit_inheritance,
+    unprepared_fields,
+)
+from ablate.core.training.runtime import resolve_device
 from ablate.core.training.trainer import train
 
 
@@ -60,6 +67,10 @@ def teacher_folder(recipe: TeacherRecipe = BUNDLED_RECIPE) -> Path:
     return cache_dir() / "teachers" / recipe.key()
 
 
+def _teacher_run_dir(recipe: TeacherRecipe, index: int) -> Path:
+    return teacher_folder(recipe) / f"teacher-{index}"
+
+
 def teacher_config(recipe: TeacherRecipe, index: int, run_dir: Path, progress: bool = True) -> TrainConfig:
     """Teacher k: its recipe's model trained from seed k on clean captions, untracked (it is a cache entry)."""
     return TrainConfig.model_validate(
@@ -95,7 +106,7 @@ def train_teachers(recipe: TeacherRecipe = BUNDLED_RECIPE, progress: bool = True
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
         for index, model in enumerate(recipe.models):
-            run_dir = folder / f"teacher-{index}"
+            run_dir = _teacher_run_dir(recipe, index)
             done = run_dir / "result.json"
             if not done.is_file():
                 result = train(teacher_config(recipe, index, run_dir, progress))
@@ -131,15 +142,13 @@ def prepare_inputs(config: TrainConfig, progress: bool = True) -> RunInputs:
     """Every input `config` names, the `bundled` ones built (or found) in the cache: the launcher calls this
     before any trial starts, so that parallel trials neither race on the cache nor spend their time limit
     waiting for it, and each trial calls it again to read the finished paths."""
+    resolve_device(config.train.device)  # a config-only check: it fails before any teacher is trained
     unprepared = set(unprepared_fields(config))
     if not unprepared:
         return direct_inputs(config)
+    inherit_from = inheritance_of(config)  # before any teacher is trained: a contradiction fails in seconds
     explicit = direct_inputs(_without_bundled(config))
     teachers = train_teachers(progress=progress) if unprepared - {"data.reinforcement"} else []
-    inherit_from = explicit.inherit_from
-    if "compression.teacher_checkpoint" in unprepared:
-        first = teachers[0]
-        inherit_from = TeacherSpec(model=config.compression.teacher_model or first.model, checkpoint=first.checkpoint)
     return RunInputs(
         reinforcement=bundled_reinforcement(config.data, progress)
         if "data.reinforcement" in unprepared
@@ -147,6 +156,21 @@ def prepare_inputs(config: TrainConfig, progress: bool = True) -> RunInputs:
         teachers=teachers if "teachers.members" in unprepared else explicit.teachers,
         inherit_from=inherit_from,
     )
+
+
+def inheritance_of(config: TrainConfig) -> TeacherSpec | None:
+    """The weights a compressed student inherits (None: none), `bundled` resolved to teacher 0's folder and
+    architecture without training it, so that the dry run can check them against `model.name`."""
+    compression = config.compression
+    if compression is None or compression.teacher_checkpoint != "bundled":
+        return explicit_inheritance(config)
+    named = compression.teacher_model is not None
+    source = TeacherSpec(
+        model=compression.teacher_model or BUNDLED_RECIPE.models[0],
+        checkpoint=str(_teacher_run_dir(BUNDLED_RECIPE, 0)),
+    )
+    check_auto_inheritance(config, source, "compression.teacher_model" if named else "the bundled teacher 0")
+    return source
 
 
 def _without_bundled(config: TrainConfig) -> TrainConfig:

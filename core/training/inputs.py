@@ -15,6 +15,8 @@ from pathlib import Path
 from ablate.core.compression.stages import inheritance_source
 from ablate.core.config.base import ConfigError
 from ablate.core.config.sections import TeacherSpec, TrainConfig
+from ablate.core.data.manifest import load_manifest
+from ablate.core.data.reinforcement_store import check_reinforcement_folder
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,42 @@ def direct_inputs(config: TrainConfig) -> RunInputs:
             f"{', '.join(unprepared)}: 'bundled' must be prepared before training "
             "(use ablate.core.teachers.bundled.prepare_inputs, as `ablate train` and the trial job do)"
         )
+    check_explicit_inputs(config)
     members = config.teachers.members if config.teachers.mode == "online" else []
-    compression = config.compression
-    inherits = compression is not None and compression.inherit != "none"
     return RunInputs(
         reinforcement=Path(config.data.reinforcement) if config.data.reinforcement else None,
         teachers=list(members),
-        inherit_from=inheritance_source(compression) if inherits else None,
+        inherit_from=explicit_inheritance(config),
     )
+
+
+def check_explicit_inputs(config: TrainConfig) -> None:
+    """The data folders a config names exist, checked from the config alone. `prepare_inputs` gets here before
+    the bundled benchmark is generated or a teacher trained, so a wrong path fails in a second, not in minutes."""
+    if config.data.root is not None:
+        load_manifest(config.data.root)
+    if config.data.reinforcement not in (None, "bundled"):
+        check_reinforcement_folder(Path(config.data.reinforcement))
+
+
+def explicit_inheritance(config: TrainConfig) -> TeacherSpec | None:
+    """The weights a compressed student inherits from a named checkpoint (None: it inherits nothing)."""
+    compression = config.compression
+    if compression is None or compression.inherit == "none":
+        return None
+    source = inheritance_source(compression)
+    named = compression.teacher_model is not None
+    check_auto_inheritance(config, source, "compression.teacher_model" if named else f"{source.checkpoint}/config.yaml")
+    return source
+
+
+def check_auto_inheritance(config: TrainConfig, source: TeacherSpec, origin: str) -> None:
+    """`inherit: auto` trains a copy of the teacher, so `model.name` must name the teacher's architecture:
+    otherwise the run logs one model and trains another, and its resume rebuilds the logged one and fails.
+    `origin` says where the teacher's architecture came from."""
+    compression = config.compression
+    if compression is not None and compression.inherit == "auto" and source.model != config.model.name:
+        raise ConfigError(
+            f"model.name: {config.model.name!r}, but compression.inherit is auto: the student is a trainable copy "
+            f"of its teacher, a {source.model!r} ({origin}); set model.name: {source.model}"
+        )
