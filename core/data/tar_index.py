@@ -7,6 +7,7 @@ member, so any sample can be read with one seek and the sample order can be a se
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
@@ -14,6 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from ablate.core.data.bundled import cache_dir
+
+INDEX_CACHE = "shard_index"  # under the ablate cache: one JSON index per shard version
+_indexes: dict[tuple[str, int, int, int], tuple[list[tuple[str, dict[str, list[int]]]], str | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,54 @@ def index_shard(path: Path, shard: int) -> list[SampleLocation]:
     return locations
 
 
+def cached_index_shard(path: Path, shard: int) -> list[SampleLocation]:
+    """`index_shard`, scanned once per shard version and then read back: every trial of a study (and every run
+    on these shards) indexes the same files, and scanning the tar headers of 20k samples takes seconds to a
+    minute on a loaded machine. The index is kept in this process (a forked warm worker inherits it) and as
+    JSON under the ablate cache, keyed by the shard's resolved path, inode, size and modification time, so a
+    rewritten or truncated shard is scanned again."""
+    stat = path.stat()
+    resolved = str(path.resolve())
+    version = (resolved, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if version not in _indexes:
+        name = hashlib.sha256(repr(version).encode()).hexdigest()[:24]
+        stored = cache_dir() / INDEX_CACHE / f"{name}.json"
+        try:
+            record = json.loads(stored.read_text())
+            _indexes[version] = ([(key, members) for key, members in record["samples"]], record["problem"])
+        except (OSError, ValueError, KeyError, TypeError):
+            _indexes[version] = _scan(path)
+            _store(stored, {"shard": resolved, "samples": _indexes[version][0], "problem": _indexes[version][1]})
+    samples, problem = _indexes[version]
+    locations = [
+        SampleLocation(shard, key, {ext: (offset, size) for ext, (offset, size) in members.items()})
+        for key, members in samples
+    ]
+    if problem:
+        raise ShardDamaged(problem, locations)
+    return locations
+
+
+def _scan(path: Path) -> tuple[list[tuple[str, dict[str, list[int]]]], str | None]:
+    """One shard's index as plain data: (key, {extension: [offset, size]}) pairs and the damage, if any."""
+    try:
+        locations, problem = index_shard(path, 0), None
+    except ShardDamaged as damage:
+        locations, problem = damage.intact, str(damage)
+    return [(loc.key, {ext: list(span) for ext, span in loc.members.items()}) for loc in locations], problem
+
+
+def _store(path: Path, record: dict) -> None:
+    """Written atomically (a parallel trial may be reading it); a read-only cache only costs the next scan."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(record))
+        temporary.replace(path)
+    except OSError:
+        pass
+
+
 class ShardDamaged(Exception):
     def __init__(self, message: str, intact: list[SampleLocation]) -> None:
         super().__init__(message)
@@ -83,7 +137,7 @@ class IndexedShards:
         self.samples = []
         for shard, path in enumerate(self.paths):
             try:
-                locations = index_shard(path, shard)
+                locations = cached_index_shard(path, shard)
             except ShardDamaged as damage:
                 if on_damage is None:
                     raise ValueError(f"shard {path} is damaged: {damage}") from None
