@@ -12,6 +12,7 @@ import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
+from train_helpers import fast_config
 
 from ablate.core.config.base import ConfigError
 from ablate.core.config.sections import TeacherSpec
@@ -165,3 +166,73 @@ def test_student_starts_from_model_pretrained_before_the_axes_apply(
     assert not torch.equal(fresh.visual.patch_embed.proj.weight, source.visual.patch_embed.proj.weight)
     converted = build_model(ModelConfig(name="tiny", init=str(path), attention="sigmoid"), pretrained=True)
     assert torch.equal(converted.text.token_embedding.weight, source.text.token_embedding.weight)
+
+
+@pytest.mark.slow
+def test_a_vit_b_32_teacher_from_the_hub_cache_reinforces_samples(hub_cache, tmp_path: Path, no_network: None) -> None:
+    """`ablate reinforce --teacher ViT-B-32=laion2b_s34b_b79k` (the library call behind the CLI verb, in process):
+    the stored caption embeddings are that teacher's, with the cache's weights."""
+    from typer.testing import CliRunner
+
+    from ablate.ablations.cli import app
+    from ablate.core.data.reinforcement_store import ReinforcementStore
+    from ablate.core.data.shapes import generate_shapes
+    from ablate.core.data.tar_index import IndexedShards
+
+    source = tmp_path / "photos"
+    generate_shapes(source, train=3, val=1, seed=0, image_size=32, samples_per_shard=3)
+    out = tmp_path / "dr"
+    args = ["reinforce", str(source), "--out", str(out), "--teacher", "ViT-B-32=laion2b_s34b_b79k@70"]
+    done = CliRunner().invoke(app, [*args, "--augmentations", "1", "--synthetic", "0", "--batch-size", "3"])
+    assert done.exit_code == 0, done.output
+    store = ReinforcementStore(out)
+    assert store.layout(None, None).dims == [512] and store.layout(None, None).logit_scales == [70.0]
+    images = IndexedShards(sorted((source / "train").glob("*.tar")))
+    teacher = load_teacher(TeacherSpec(model="ViT-B-32", pretrained="laion2b_s34b_b79k"))
+    assert_holds(teacher, hub_cache)
+    caption = images[0]["txt"].decode()
+    stored = store.record(store.rows[images.uid(0)]).text_emb[0]
+    from ablate.core.teachers.ensemble import TeacherEnsemble
+
+    exact = TeacherEnsemble([teacher], [70.0], ["ViT-B-32"]).encode_texts([caption])[0]
+    assert torch.allclose(stored, exact, atol=1e-2)  # bf16 storage
+
+    unknown = CliRunner().invoke(app, ["reinforce", str(source), "--out", str(out), "--teacher", "ViT-S-33=x"])
+    assert unknown.exit_code == 2 and "teacher.model: unknown model 'ViT-S-33'" in " ".join(unknown.output.split())
+
+
+@pytest.mark.slow
+def test_an_open_clip_student_fine_tunes_from_a_safetensors_file(
+    small_shapes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ViT-S-32-alt (an open_clip architecture, not in our registry) starts from an open_clip `.safetensors` and
+    trains: two AdamW steps at lr 1e-6 keep every weight within 1e-4 of the file's, far from a fresh init."""
+    from ablate.core.config.sections import TrainConfig
+    from ablate.core.training.trainer import train
+
+    state = open_clip_state("ViT-S-32-alt", seed=5)
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file(state, path)
+    overrides = {
+        "model.name": "ViT-S-32-alt",
+        "model.pretrained": str(path),
+        "optim.lr": 1e-6,
+        "optim.warmup_steps": 0,
+        "train.steps": 2,
+        "train.batch_size": 4,
+        "train.eval_every": 100,
+        "eval.max_samples": 8,
+        "data.num_workers": 0,
+        "tracking.enabled": False,
+    }
+    config = TrainConfig.model_validate(fast_config(tmp_path, small_shapes, overrides))
+    with caplog.at_level(logging.INFO, logger="ablate.model"):
+        result = train(config)
+    assert result.steps == 2 and result.metrics
+    assert f"tensors loaded from {path}" in caplog.text
+    trained = torch.load(Path(config.run_dir) / "checkpoints" / "step_00000002.pt", weights_only=True)["model"]
+    for key in ("visual.conv1.weight", "text.token_embedding.weight", "visual.transformer.resblocks.5.mlp.c_fc.weight"):
+        original = state[key.removeprefix("text.")]  # the file keeps open_clip's top-level text keys
+        assert (trained[key] - original).abs().max() < 1e-4, key
+    fresh = create_model("ViT-S-32-alt").state_dict()["visual.conv1.weight"]
+    assert (fresh - state["visual.conv1.weight"]).abs().max() > 1e-2

@@ -36,7 +36,9 @@ def reinforce(
     source: Path | None = typer.Argument(None, help="dataset folder with manifest.json; omitted: the bundled one"),
     out: Path | None = typer.Option(None, help="output folder; omitted with no SOURCE: the bundled cache entry"),
     teacher: list[str] = typer.Option(
-        [], help="MODEL=CHECKPOINT[@SCALE], repeatable; omitted: the bundled teachers (trained if missing)"
+        [],
+        help="MODEL=WEIGHTS[@SCALE], repeatable: any `ablate models` or open_clip name; WEIGHTS a file, run folder, "
+        "hf-hub:org/repo or pretrained tag (local HF cache); omitted: the bundled teachers (trained if missing)",
     ),
     augmentations: int = typer.Option(5, help="stored augmentations per image (MobileCLIP: 30 for 12M, 10 for 1B)"),
     synthetic: int | None = typer.Option(None, help="synthetic captions to embed per image (default: all)"),
@@ -68,12 +70,17 @@ def reinforce(
 
 
 def _teacher_spec(text: str, spec_type: type) -> object:
-    """MODEL=CHECKPOINT[@SCALE] -> TeacherSpec."""
+    """MODEL=WEIGHTS[@SCALE] -> TeacherSpec, checked before any teacher loads: WEIGHTS is a file, a run folder,
+    hf-hub:org/repo or a pretrained tag of MODEL (ViT-L-14=datacomp_xl_s13b_b90k@100)."""
+    from ablate.core.teachers.ensemble import check_teacher
+
     model, equals, rest = text.partition("=")
     if not equals or not model or not rest:
-        raise ConfigError(f"--teacher {text!r}: expected MODEL=CHECKPOINT[@SCALE]")
+        raise ConfigError(f"--teacher {text!r}: expected MODEL=WEIGHTS[@SCALE]")
     checkpoint, at, scale = rest.rpartition("@") if "@" in rest else (rest, "", "")
     try:
-        return spec_type(model=model, checkpoint=checkpoint, **({"logit_scale": float(scale)} if at else {}))
+        spec = spec_type(model=model, checkpoint=checkpoint, **({"logit_scale": float(scale)} if at else {}))
+        check_teacher(spec, "teacher")
     except ValueError as err:
         raise ConfigError(f"--teacher {text!r}: {err}") from None
+    return spec
