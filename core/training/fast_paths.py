@@ -194,12 +194,26 @@ class TrainStep:
             yield
 
     def forward_model(self, model: nn.Module) -> nn.Module:
-        """The compiled module when compilation is on (compiled again for a replaced model), else the model."""
+        """The compiled module when compilation is on (compiled again for a replaced model), else the model.
+
+        Run it inside `compiled_guards()`: a replaced model alone does not force a new trace, because Dynamo
+        caches traces per code object, shared by every wrapper of every instance of a class."""
         if not self.compile:
             return model
         if self._compiled is None or self._compiled[0] is not model:
             self._compiled = (model, torch.compile(model))
         return self._compiled[1]
+
+    def compiled_guards(self) -> contextlib.AbstractContextManager:
+        """Trace compiled forwards with guards on every module's hooks, so that any later change of the model
+        (hooks attached or removed, submodules or classes swapped, parameters shrunk) invalidates the trace.
+
+        Dynamo guards structure and shapes by default but not hooks (`skip_nnmodule_hook_guards`): compression
+        attaches stage 2+ masks as hooks on a pruned model already compiled in its dense phase, and the cached
+        trace went on computing the unmasked function (the task loss gave log α no gradient; issue 15)."""
+        if not self.compile:
+            return contextlib.nullcontext()
+        return torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
 
     def __call__(
         self,
@@ -215,7 +229,8 @@ class TrainStep:
         if self.channels_last(model) and batch["image"].ndim == 4:
             batch = batch | {"image": batch["image"].contiguous(memory_format=torch.channels_last)}
         try:
-            terms = self._accumulate(self.forward_model(model), model, batch, loss_fn)
+            with self.compiled_guards():
+                terms = self._accumulate(self.forward_model(model), model, batch, loss_fn)
         except Exception as err:  # any compiler failure: fall back to eager, once, loudly
             if not self.compile:
                 raise
