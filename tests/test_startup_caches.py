@@ -70,3 +70,37 @@ def test_damage_is_remembered_with_the_intact_samples(tmp_path: Path) -> None:
     assert len(reports) == 2 and reports[0] == reports[1]
     with pytest.raises(ValueError, match="is damaged"):
         IndexedShards([shard])
+
+
+def test_efficiency_is_measured_once_per_architecture(monkeypatch) -> None:
+    import torch
+
+    from ablate.core.models import efficiency_cache
+    from ablate.core.models.efficiency import EfficiencySettings, efficiency_metrics
+    from ablate.core.models.factory import create_model
+
+    settings = EfficiencySettings(latency_repeats=1, throughput_batch=2, throughput_repeats=1, warmup=0)
+    measured: list[int] = []
+
+    def measure(model, settings):
+        measured.append(id(model))
+        return efficiency_metrics(model, settings)
+
+    monkeypatch.setattr(efficiency_cache, "efficiency_metrics", measure)
+    first = create_model("tiny")
+    metrics = efficiency_cache.cached_efficiency_metrics(first, settings)
+    other_weights = create_model("tiny")
+    with torch.no_grad():
+        for parameter in other_weights.parameters():
+            parameter.add_(1.0)
+    assert efficiency_cache.cached_efficiency_metrics(other_weights, settings) == metrics  # weights do not matter
+    assert len(measured) == 1
+    assert metrics["efficiency/params_total"] == sum(p.numel() for p in first.parameters())
+    # what does matter: the architecture's shapes, its scalar settings (heads), the input size, the settings
+    changed = [create_model("small"), create_model("tiny")]
+    changed[1].visual.blocks[0].attn.num_heads = 1  # same shapes, different attention
+    keys = {efficiency_cache.architecture_key(m, settings) for m in [first, *changed]}
+    keys.add(efficiency_cache.architecture_key(first, EfficiencySettings(throughput_batch=4)))
+    assert len(keys) == 4
+    efficiency_cache.cached_efficiency_metrics(changed[0], settings)
+    assert len(measured) == 2

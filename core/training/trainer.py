@@ -30,7 +30,8 @@ from ablate.core.evaluation.config import EvalTaskConfig
 from ablate.core.evaluation.suite import EvaluationSuite, suite_metric_names
 from ablate.core.models import parameter_counts
 from ablate.core.models.build import build_model
-from ablate.core.models.efficiency import efficiency_metric_names, efficiency_metrics
+from ablate.core.models.efficiency import efficiency_metric_names
+from ablate.core.models.efficiency_cache import cached_efficiency_metrics
 from ablate.core.quality.store import QUALITY_FILE, compute_quality, select_uids
 from ablate.core.teachers.ensemble import TeacherEnsemble
 from ablate.core.training.checkpoint import checkpoint_extra, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -216,7 +217,7 @@ class Trainer:
         result.wall_seconds = time.perf_counter() - self.started
         result.compute_seconds = self._compute_seconds()
         if self.config.eval.efficiency and not result.stopped_early and self.group.is_main:
-            efficiency = efficiency_metrics(self.model)
+            efficiency = cached_efficiency_metrics(self.model)  # once per architecture, not per trial
             result.metrics |= efficiency
             if self.tracker:
                 self.tracker.log_metrics(efficiency, result.steps)
