@@ -25,7 +25,7 @@ from ablate.core.data.shapes import zero_shot_tasks
 from ablate.core.evaluation.suite import resolve_tasks
 from ablate.core.models.factory import is_known, unknown_model_message
 from ablate.core.models.weights import resolve_weights
-from ablate.core.teachers.bundled import BUNDLED_RECIPE, inheritance_of, teacher_metrics
+from ablate.core.teachers.bundled import RECIPES, inheritance_of, teacher_metrics
 from ablate.core.teachers.ensemble import check_teacher
 from ablate.core.training.runtime import resolve_device
 from ablate.core.training.trainer import result_metric_names
@@ -82,9 +82,10 @@ def describe_teachers(config: TrainConfig) -> str:
     """Where the run's teacher embeddings come from; a named reinforcement folder must exist."""
     reinforcement = config.data.reinforcement
     if reinforcement == "bundled" or (config.teachers.mode == "online" and config.teachers.members == "bundled"):
-        trained = teacher_metrics()
-        state = "cached" if len(trained) == len(BUNDLED_RECIPE.models) else "trained on first launch (minutes)"
-        return f"; bundled teachers ({state})"
+        recipe = RECIPES[config.teachers.recipe]
+        trained = teacher_metrics(recipe)
+        state = "cached" if len(trained) == len(recipe.models) else "trained on first launch (minutes)"
+        return f"; bundled teachers, recipe {config.teachers.recipe} ({state})"
     if reinforcement is not None:
         reinforcement_shards(Path(reinforcement), "train")  # FileNotFoundError names data.reinforcement
         return f"; reinforcement {reinforcement}"

@@ -1,6 +1,6 @@
 """The `ablate` command line: thin typer verbs over library calls (each tested directly), one module per verb
 group: `train`, `study` (launch, resume, status, cancel, list, report), `data`, `teachers` (and reinforce),
-`models` (and export), `services` (cluster, mlflow)."""
+`models` (and export), `eval`, `services` (cluster, mlflow)."""
 
 # Importing a verb module registers its verbs; `ablate --help` lists them in this order.
 # isort: off
@@ -9,6 +9,7 @@ from ablate.ablations.cli import study  # noqa: F401
 from ablate.ablations.cli import data  # noqa: F401
 from ablate.ablations.cli import teachers  # noqa: F401
 from ablate.ablations.cli import models  # noqa: F401
+from ablate.ablations.cli import evaluate  # noqa: F401
 from ablate.ablations.cli import services  # noqa: F401
 
 # isort: on

@@ -7,14 +7,16 @@ types are errors: a typo in a study must never silently train the default.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
-import warnings
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, model_validator
 
 from ablate.core.compression.config import CompressionConfig
 from ablate.core.config.base import StrictModel
+from ablate.core.config.uris import check_tracking_uri
 from ablate.core.evaluation.config import EvalTaskConfig
 from ablate.core.merging.schedule import TokenMergingConfig
 
@@ -157,6 +159,11 @@ class TeachersConfig(StrictModel):
 
     mode: Literal["stored", "online"] = "stored"
     members: list[TeacherSpec] | Literal["bundled"] = "bundled"
+    recipe: Literal["bundled", "demo"] = Field(
+        "bundled",
+        description="how the `bundled` teachers (members, data.reinforcement, compression.teacher_checkpoint) are "
+        "trained: `bundled`, 2 `small` models for ~25 min each; `demo`, 1 `tiny` model in ~2 min (`make demo`)",
+    )
 
 
 class OptimConfig(StrictModel):
@@ -252,7 +259,7 @@ class EvalConfig(StrictModel):
 class TrackingConfig(StrictModel):
     """MLflow destination. The sqlite default lives in the working directory (design.md)."""
 
-    uri: str = "sqlite:///mlflow.db"
+    uri: Annotated[str, AfterValidator(check_tracking_uri)] = "sqlite:///mlflow.db"
     experiment: str = "ablate"
     run_name: str | None = None
     parent_run_id: str | None = None
@@ -283,10 +290,7 @@ class TrainConfig(StrictModel):
         if warmup >= steps:
             field = "optim.warmup_fraction" if self.optim.warmup_fraction is not None else "optim.warmup_steps"
             clamped = steps // 10
-            warnings.warn(
-                f"{field} ({warmup} steps) does not fit train.steps ({steps}): warmup clamped to {clamped} steps",
-                stacklevel=2,
-            )
+            _warn_once(f"{field} ({warmup} steps) does not fit train.steps ({steps}): clamped to {clamped} steps")
             self.optim.warmup_fraction = None
             self.optim.warmup_steps = clamped
         return self
@@ -346,6 +350,12 @@ class TrainConfig(StrictModel):
     def uses_teachers(self) -> bool:
         """Whether batches carry teacher embeddings (stored or computed online)."""
         return self.data.reinforcement is not None or self.teachers.mode == "online"
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """A config is validated again in every process that reads it (launcher, each trial): say a fix-up once."""
+    logging.getLogger("ablate.config").warning(message)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

@@ -44,10 +44,15 @@ def centre_view(image: Image.Image, size: int) -> torch.Tensor:
     return pixels
 
 
+def model_view(image: Image.Image, inputs: InputSpec) -> torch.Tensor:
+    """PIL RGB -> normalised float CHW at the model's resolution (the centre view)."""
+    pixels = centre_view(image, inputs.image_size).float().div_(255.0)
+    return TF.normalize(pixels, list(inputs.mean), list(inputs.std))
+
+
 def decode_sample_image(sample: dict, inputs: InputSpec) -> torch.Tensor:
     """Bytes -> normalised float CHW at the model's resolution (the centre view)."""
-    image = centre_view(decode_pil(sample), inputs.image_size).float().div_(255.0)
-    return TF.normalize(image, list(inputs.mean), list(inputs.std))
+    return model_view(decode_pil(sample), inputs)
 
 
 def synthetic_captions(sample: dict) -> list[str]:
@@ -68,14 +73,20 @@ def lookup(tree: dict, dotted: str) -> object:
 
 
 class EvalDataset(Dataset):
-    """Held-out samples, their retrieval caption and one label per zero-shot task (-1 if absent)."""
+    """Held-out samples, their retrieval caption and one label per zero-shot task (-1 if absent).
 
-    def __init__(self, manifest: Manifest, inputs: InputSpec, split: str, max_samples: int | None) -> None:
+    A sample without the retrieval caption gets all-zero tokens (a real caption starts with the start token), so
+    zero-shot still scores its image and retrieval leaves it out. A label is the class index when the json holds
+    an integer, else the position of the class name (names repeated in a list need integer labels)."""
+
+    def __init__(
+        self, manifest: Manifest, inputs: InputSpec, split: str, max_samples: int | None, caption: str | None = None
+    ) -> None:
         self.shards = IndexedShards(manifest.shard_paths(split))
         self.length = min(len(self.shards), max_samples or len(self.shards))
         self.inputs = inputs
         self.tasks = manifest.zero_shot
-        self.caption = manifest.retrieval.caption if manifest.retrieval else "txt"
+        self.caption = caption or (manifest.retrieval.caption if manifest.retrieval else "txt")
         self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
 
     def __len__(self) -> int:
@@ -85,12 +96,18 @@ class EvalDataset(Dataset):
         sample = self.shards[index]
         meta = json.loads(sample["json"]) if "json" in sample else {}
         labels = [self._label(meta, task.label_key, task.classnames) for task in self.tasks.values()]
-        tokens = self.tokenizer(read_caption(sample, self.caption))[0]
+        try:
+            tokens = self.tokenizer(read_caption(sample, self.caption))[0]
+        except (KeyError, IndexError):
+            tokens = torch.zeros(self.inputs.context_length, dtype=torch.long)
         return decode_sample_image(sample, self.inputs), tokens, torch.tensor(labels, dtype=torch.long)
 
     @staticmethod
     def _label(meta: dict, key: str, classnames: list[str]) -> int:
         try:
-            return classnames.index(str(lookup(meta, key)))
+            value = lookup(meta, key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value if 0 <= value < len(classnames) else -1
+            return classnames.index(str(value))
         except (KeyError, ValueError, TypeError):
             return -1

@@ -12,27 +12,12 @@ import contextlib
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
-from open_clip.tokenizer import SimpleTokenizer
 from torch.utils.data import DataLoader
 
 from ablate.core.data.dataset import EvalDataset
-from ablate.core.data.manifest import ZeroShotTask
+from ablate.core.evaluation.classifier import ZeroShotClassifiers, weights_version
+from ablate.core.evaluation.prompts import canonical_template
 from ablate.core.models.clip import CLIP
-
-
-@torch.no_grad()
-def zero_shot_classifier(
-    model: CLIP, task: ZeroShotTask, tokenizer: SimpleTokenizer, device: torch.device
-) -> torch.Tensor:
-    """[num_classes, d] unit vectors, one per class name."""
-    weights = []
-    for classname in task.classnames:
-        prompts = tokenizer([template.format(classname) for template in task.templates]).to(device)
-        embedding = model.encode_text(prompts).mean(dim=0)
-        weights.append(F.normalize(embedding, dim=-1))
-    return torch.stack(weights)
-
 
 RECALL_KS = (1, 5)
 
@@ -61,28 +46,48 @@ def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = RECALL_KS) -> di
 
 @torch.no_grad()
 def evaluate(
-    model: CLIP, dataset: EvalDataset, batch_size: int, device: torch.device, autocast: bool = False
+    model: CLIP,
+    dataset: EvalDataset,
+    batch_size: int,
+    device: torch.device,
+    autocast: bool = False,
+    classifiers: ZeroShotClassifiers | None = None,
+    version: str | None = None,
 ) -> dict[str, float]:
+    """The manifest's zero-shot tasks and retrieval on `dataset`; samples without a caption take part in
+    zero-shot only. `classifiers`/`version`: a shared cache and the text tower's `weights_version`."""
+    classifiers = classifiers or ZeroShotClassifiers()
+    version = version or weights_version(model.text)
     was_training = model.training
     model.eval()
     precision = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    images, texts, labels = [], [], []
+    images, texts, labels, captioned = [], [], [], []
     with precision:
         # Its own generator: a DataLoader draws a base seed when iterated, which must not move the global RNG
         # (masks sample from it), or how often a run evaluates would change how it trains.
         for image, tokens, label in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
             images.append(model.encode_image(image.to(device)).float().cpu())
-            texts.append(model.encode_text(tokens.to(device)).float().cpu())
+            has_text = tokens.any(dim=1)  # a missing caption is all zeros
+            if has_text.any():
+                texts.append(model.encode_text(tokens[has_text].to(device)).float().cpu())
             labels.append(label)
-        classifiers = {
-            name: zero_shot_classifier(model, task, dataset.tokenizer, device).float().cpu()
-            for name, task in dataset.tasks.items()
-        }
+            captioned.append(has_text)
     model.train(was_training)
-    image_features, text_features, label_matrix = torch.cat(images), torch.cat(texts), torch.cat(labels)
+    weights_by_task = {
+        name: classifiers.get(
+            model,
+            version,
+            task.classnames,
+            [canonical_template(t, f"zero_shot.{name}.templates") for t in task.templates],
+            device,
+            autocast,
+        )
+        for name, task in dataset.tasks.items()
+    }
+    image_features, label_matrix = torch.cat(images), torch.cat(labels)
 
     metrics: dict[str, float] = {}
-    for column, (name, weights) in enumerate(classifiers.items()):
+    for column, (name, weights) in enumerate(weights_by_task.items()):
         target = label_matrix[:, column]
         known = target >= 0
         if known.any():
@@ -92,7 +97,9 @@ def evaluate(
     if top1:
         metrics["eval/zeroshot/mean_top1"] = sum(top1) / len(top1)
 
-    similarity = image_features @ text_features.T
+    if not texts:
+        return metrics
+    similarity = image_features[torch.cat(captioned)] @ torch.cat(texts).T
     for direction, matrix in (("i2t", similarity), ("t2i", similarity.T)):
         for k, value in recall_at_k(matrix).items():
             metrics[f"eval/retrieval/{direction}_r{k}"] = value
