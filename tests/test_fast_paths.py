@@ -86,8 +86,38 @@ def test_each_cpu_fast_path_keeps_the_loss_curve(batches: list[dict]) -> None:
     }
     for label, settings in exact.items():
         assert fast_curve("tiny", batches, **settings) == pytest.approx(reference, rel=1e-4), label
-    bf16 = fast_curve("tiny", batches, precision="bf16")  # CPU bf16 (+ math attention): rounding, not drift
-    assert bf16 == pytest.approx(reference, abs=0.03)
+
+
+BF16_UNIT_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits
+
+
+def test_cpu_bf16_is_rounding_not_drift(batches: list[dict]) -> None:
+    """CPU bf16 (+ math attention) against fp32, with tolerances that hold on every CPU torch supports (AVX512-BF16,
+    AVX512, AVX2 and the scalar `default` kernels: checked with ATEN_CPU_CAPABILITY). Step-by-step loss curves are
+    not such an invariant: Adam normalises each gradient coordinate, so a coordinate whose tiny gradient flips sign
+    under rounding moves by a full step, and the curves part by up to 0.24 (of 4.16) at one step on `default`. What
+    is invariant: the first loss (same weights) differs by rounding only, the first gradient points the same way,
+    and the run learns as much."""
+    reference = plain_curve("tiny", batches)
+    bf16 = fast_curve("tiny", batches, precision="bf16")
+    assert abs(bf16[0] - reference[0]) <= BF16_UNIT_ROUNDOFF * abs(reference[0])
+
+    def first_gradient(precision: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = create_model("tiny")
+        step = TrainStep(TrainLoopConfig(precision=precision), CPU, grad_clip_norm=None)
+        step(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.0),
+            batches[0],
+            lambda m, b: compute_loss(m, b, LossConfig()),
+        )
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    cosine = torch.nn.functional.cosine_similarity(first_gradient("bf16"), first_gradient("fp32"), dim=0)
+    assert cosine > 0.99
+    learnt, learnt_bf16 = reference[0] - reference[-1], bf16[0] - bf16[-1]
+    assert learnt_bf16 == pytest.approx(learnt, rel=0.05)
 
 
 def test_channels_last_is_refused_on_cpu_and_the_curve_is_unchanged(
