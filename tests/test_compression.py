@@ -288,13 +288,23 @@ def test_stage_targets_must_increase_strictly() -> None:
 
 def test_masks_on_a_tower_without_that_structure_name_tower_and_kind() -> None:
     with pytest.raises(StructureError, match=r"image_masks: 'hidden'.*image tower \(FastVit\)"):
-        Compressor(hybrid_pair(), one_stage())
+        Compressor(hybrid_pair(), one_stage(image_masks=["heads", "intermediate", "hidden"]))
     convnet = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 32))
     model = CLIP(convnet, hybrid_pair().text, InputSpec(64, 16, (0.0,) * 3, (1.0,) * 3))
     with pytest.raises(StructureError, match=r"image_masks: 'heads'.*no attention layer"):
         Compressor(model, one_stage(image_masks=["heads"]))
     with pytest.raises(StructureError, match=r"image_masks: 'intermediate'.*no FFN"):
         Compressor(model, one_stage(image_masks=["intermediate"]))
+
+
+def test_default_masks_are_what_each_tower_offers() -> None:
+    """`auto` (the default): an MCi image tower has no hidden stream, so it gets heads + FFN units; an open_clip
+    text tower all three; a tower with nothing to mask is left unmasked (it used to fail with image_masks 'hidden')."""
+    compressor = Compressor(hybrid_pair(), one_stage())
+    assert compressor.kinds == {"image": ("heads", "intermediate"), "text": ("heads", "intermediate", "hidden")}
+    convnet = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 32))
+    model = CLIP(convnet, hybrid_pair().text, InputSpec(64, 16, (0.0,) * 3, (1.0,) * 3))
+    assert set(Compressor(model, one_stage()).kinds) == {"text"}
 
 
 def test_later_stage_needs_the_stage_zero_reference() -> None:

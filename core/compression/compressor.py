@@ -19,7 +19,7 @@ from ablate.core.compression.config import CompressionConfig
 from ablate.core.compression.hard_concrete import HardConcrete
 from ablate.core.compression.masking import TowerMasking
 from ablate.core.compression.pruning import Keep, TowerPlan, shrink_tower
-from ablate.core.compression.structure import TowerStructure, discover
+from ablate.core.compression.structure import MASK_KINDS, MaskKind, StructureError, TowerStructure, discover
 
 TOWER_ATTRIBUTES = {"image": "visual", "text": "text"}
 
@@ -28,9 +28,25 @@ def tower_structures(model: nn.Module, towers: list[str] | tuple[str, ...]) -> d
     return {name: discover(getattr(model, TOWER_ATTRIBUTES[name]), name) for name in towers}
 
 
+def mask_kinds(model: nn.Module, config: CompressionConfig) -> dict[str, tuple[MaskKind, ...]]:
+    """Mask kinds per masked tower, `auto` resolved to every kind the tower's structure offers: a ViT or open_clip
+    text tower takes all three, an MCi image tower or an MCt text tower heads and FFN units (no hidden stream)."""
+    kinds = {}
+    for name, requested in config.masks().items():
+        if requested != "auto":
+            kinds[name] = requested
+            continue
+        structure = discover(getattr(model, TOWER_ATTRIBUTES[name]), name)
+        if offered := tuple(kind for kind in MASK_KINDS if structure.offers(kind)):
+            kinds[name] = offered
+    if not kinds:
+        raise StructureError("image_masks, text_masks: auto, but neither tower has attention heads, FFNs or a stream")
+    return kinds
+
+
 def reference_sizes(model: nn.Module, config: CompressionConfig) -> dict[str, ReferenceSize]:
     """The stage-0 sizes every stage's p is measured against; computed from the uncompressed model."""
-    masks = config.masks()
+    masks = mask_kinds(model, config)
     return {
         name: ReferenceSize(prunable_size(structure, masks[name]), actual_prunable_parameters(structure))
         for name, structure in tower_structures(model, tuple(masks)).items()
@@ -88,7 +104,7 @@ class Compressor(nn.Module):
             )
         self.config, self.stage_plan = config, config.plan()[stage]
         self._model = (model,)  # a tuple, so the model is not registered as a submodule of the compressor
-        self.kinds = config.masks()
+        self.kinds = mask_kinds(model, config)
         self.structures = tower_structures(model, tuple(self.kinds))
         for name, structure in self.structures.items():
             for kind in self.kinds[name]:

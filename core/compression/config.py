@@ -63,8 +63,14 @@ class CompressionConfig(StrictModel):
         0.5, ge=0, le=1, description="schedule: share of each mask phase over which q ramps up"
     )
     start_sparsity: float = Field(0.0, ge=0, lt=1, description="q at the start of the first stage's ramp")
-    image_masks: list[MaskKind] = Field(default_factory=lambda: list(MASK_KINDS), description="[] = image unmasked")
-    text_masks: list[MaskKind] = Field(default_factory=lambda: list(MASK_KINDS), description="[] = text unmasked")
+    image_masks: list[MaskKind] | Literal["auto"] = Field(
+        "auto",
+        description="auto: every kind the tower's structure offers (ViT: heads, intermediate, hidden; MCi: heads, "
+        f"intermediate); or a list of {list(MASK_KINDS)}; [] = image unmasked",
+    )
+    text_masks: list[MaskKind] | Literal["auto"] = Field(
+        "auto", description="auto: every kind the text tower offers (MCt: no hidden); a list; [] = text unmasked"
+    )
     penalty: Literal["one_sided", "signed"] = "one_sided"
     hyperparameters: Literal["code", "paper"] = "code"
     mask_lr: float | None = Field(None, gt=0, description="log α learning rate; None = the preset's")
@@ -111,7 +117,7 @@ class CompressionConfig(StrictModel):
             previous, previous_name = target, name
         for name in ("image_masks", "text_masks"):
             kinds = getattr(self, name)
-            if len(set(kinds)) != len(kinds):
+            if kinds != "auto" and len(set(kinds)) != len(kinds):
                 raise ValueError(f"{name} ({kinds}) lists a mask kind twice")
         if not (self.image_masks or self.text_masks):
             raise ValueError("image_masks and text_masks are both empty: nothing would be masked")
@@ -146,10 +152,12 @@ class CompressionConfig(StrictModel):
         value = getattr(self, name)
         return _PRESETS[self.hyperparameters][name] if value is None else float(value)
 
-    def masks(self) -> dict[str, tuple[MaskKind, ...]]:
-        """Mask kinds per masked tower."""
+    def masks(self) -> dict[str, tuple[MaskKind, ...] | Literal["auto"]]:
+        """Mask kinds per masked tower; "auto" is resolved against the model (`compressor.mask_kinds`)."""
         return {
-            tower: tuple(kinds) for tower, kinds in (("image", self.image_masks), ("text", self.text_masks)) if kinds
+            tower: kinds if kinds == "auto" else tuple(kinds)
+            for tower, kinds in (("image", self.image_masks), ("text", self.text_masks))
+            if kinds
         }
 
     def plan(self) -> list[StagePlan]:

@@ -116,6 +116,14 @@ class TowerStructure:
     hidden: HiddenStream | None
     problems: dict[str, str] = field(default_factory=dict)  # mask kind -> why the tower's form is unsupported
 
+    def offers(self, kind: MaskKind) -> bool:
+        """Whether masks of `kind` can sit on this tower (what `auto` mask lists pick)."""
+        try:
+            self.require(kind)
+        except StructureError:
+            return False
+        return True
+
     def require(self, kind: MaskKind) -> None:
         """Raise a StructureError naming the tower and mask kind if the tower has nothing to mask for it."""
         what = type(self.module).__name__
