@@ -300,3 +300,24 @@ def test_bad_records_are_rejected() -> None:
 def test_config_validation(field: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         AugmentConfig(**field)  # type: ignore[arg-type]
+
+
+def test_a_published_record_translates_in_pixels_of_the_recorded_view() -> None:
+    """DataCompDR's `paug.json` (ml-mobileclip `training/dr/transforms.py`: RandomResizedCrop's (i, j, h, w), then
+    RandAugment's [op index, magnitude] as torchvision drew it) holds Translate in pixels of the 224-px view it
+    was recorded at. A record written by hand in that layout replays as torchvision's own RandomResizedCrop +
+    `_apply_op` make it, bit for bit, at the recording size; at another size it shifts by the same fraction."""
+    source = smooth_image(256, 256)
+    record = [[0, 0, 256, 256], [[3, 30.45], [0, 0]]]
+    params = decompress(json.loads(json.dumps(record)), translate_side=224)
+    aug = RecordedAugment(AugmentConfig(size=224))
+    for size, shift in ((224, 30.45), (64, 30.45 * 64 / 224)):
+        crop = T.RandomResizedCrop(size, interpolation=BICUBIC)
+        view = T.functional.resized_crop(source, 0, 0, 256, 256, [size, size], BICUBIC, antialias=crop.antialias)
+        expected = _apply_op(view, "TranslateX", shift, T.InterpolationMode.NEAREST, None)
+        replayed = pixels(aug.replay_uint8(source, params, size=size))
+        assert replayed.any() and np.array_equal(replayed, pixels(expected)), size
+        assert not np.array_equal(replayed, pixels(view))  # the translation was applied
+    moved = pixels(aug.replay_uint8(source, params))
+    assert not moved[:, :30].any() and moved[:, 30:].any()  # int(30.45) black columns on the left, not all black
+    assert decompress(record)["translate_side"] is None  # our writer's fractions are the default reading

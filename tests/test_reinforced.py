@@ -247,3 +247,40 @@ def test_quality_scores_read_the_writers_layout(reinforced_small: Path) -> None:
     frame = score_reinforced(reinforced_small)
     assert len(frame) == 96 and frame["uid"].is_unique
     assert frame["clip_score"].between(-1, 1).all()
+
+
+def test_published_shards_replay_translate_in_pixels_of_the_recorded_view(small_shapes: Path, tmp_path: Path) -> None:
+    """Shards in the published layout with no `reinforcement.json` of ours are DataCompDR's: their Translate
+    magnitudes are pixels of the 224-px view the teachers embedded (ml-mobileclip `training/dr/transforms.py`),
+    so a 64-px student sees the same fraction of its side shifted (30.45 px of 224 -> 8 px of 64), not an
+    all-black view. Our writer records its own convention (fractions) in `reinforcement.json`."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tvf
+    from torchvision.transforms.autoaugment import _apply_op
+
+    from ablate.core.data.reinforced_format import ReinforcementInfo
+
+    uids = image_uids(small_shapes)[:8]
+    (tmp_path / "train").mkdir()
+    with tarfile.open(tmp_path / "train" / "dr-000000.tar", "w") as archive:
+        for number, uid in enumerate(uids):
+            buffer = io.BytesIO()
+            torch.save({"image_emb": torch.ones(1, 4).bfloat16(), "text_emb": torch.ones(1, 4).bfloat16()}, buffer)
+            _tar_member(archive, f"{number:09d}.json", json.dumps({"uid": uid}).encode())
+            record = [[0, 0, 64, 64], [[3, 30.45], [0, 0]]]  # TranslateX by 30.45 px, then Identity
+            _tar_member(archive, f"{number:09d}.paug.json", json.dumps({"param_aug": json.dumps([record])}).encode())
+            _tar_member(archive, f"{number:09d}.pth.gz", gzip.compress(buffer.getvalue()))
+    store = ReinforcementStore(tmp_path)
+    dataset = TrainDataset(load_manifest(small_shapes), create_model("tiny").inputs, DataConfig(), 0, store=store)
+    for visit in range(3):
+        image_index, _ = dataset.pairs[visit]
+        source = decode_pil(dataset.images[image_index])
+        view = tvf.resized_crop(source, 0, 0, 64, 64, [64, 64], InterpolationMode.BICUBIC, antialias=True)
+        expected = _apply_op(view, "TranslateX", 30.45 * 64 / 224, InterpolationMode.NEAREST, None)
+        image = dataset[visit]["image"]
+        assert image.any() and not image[:, :, :8].any() and image[:, :, 8].any()
+        assert torch.equal(image, pil_to_uint8(expected))
+
+    ours = {"source": "x", "teachers": [{"name": "tiny", "dim": 4}], "augmentations": 1, "synthetic_captions": 0}
+    assert ReinforcementInfo.model_validate({**ours, "augment": {"size": 64}}).translate == "fraction"  # older ours
+    assert ReinforcementInfo.model_validate(ours).translate == "pixels"

@@ -19,6 +19,11 @@ Stored parameters, in this fixed order (only transforms with random parameters a
   at the student's own resolution shifts by the same fraction of the image; see `augment_ops`. `None` means
   RandAugment was skipped (probability 1 - p).
 
+Published DataCompDR records have the same positions and op indices but keep torchvision's Translate pixels
+(of the 224-px view they were drawn on); the shard set's metadata says which (`ReinforcementInfo.translate`)
+and `decompress(record, translate_side=224)` reads them so: the decoded `translate_side` travels with the
+parameters to the replay.
+
 Images are processed as 8-bit PIL images, like torchvision's RandAugment and the reference pipeline, through
 torchvision's PIL kernels: deterministic, so a replay at the recording size reproduces the uint8 image and the
 normalised tensor bit for bit. With p = 1 the random draws are, in order and kind, torchvision's, so a seeded
@@ -164,9 +169,10 @@ class ReplayableRandAugment:
             ops.append((op_index, magnitude))
         return tuple(ops)
 
-    def apply(self, image: Image.Image, ops: Ops | None) -> Image.Image:
+    def apply(self, image: Image.Image, ops: Ops | None, translate_side: int | None = None) -> Image.Image:
+        """Replay `ops`; with `translate_side` their Translate magnitudes are pixels of a view that wide."""
         for op_index, magnitude in ops or ():
-            image = apply_op(image, op_index, magnitude, self.fill)
+            image = apply_op(image, op_index, magnitude, self.fill, translate_side)
         return image
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> tuple[Image.Image, Ops | None]:
@@ -192,11 +198,11 @@ class RecordedAugment:
     def record_uint8(self, image: Image.Image, generator: torch.Generator) -> tuple[Image.Image, dict[str, Any]]:
         image, box = self.crop(image.convert("RGB"), generator)
         image, ops = self.rand_augment(image, generator)
-        return image, {"random_resized_crop": box, "rand_augment": ops}
+        return image, {"random_resized_crop": box, "rand_augment": ops, "translate_side": None}
 
     def replay_uint8(self, image: Image.Image, params: dict[str, Any], size: int | None = None) -> Image.Image:
         image = self.crop.apply(image.convert("RGB"), params["random_resized_crop"], size)
-        return self.rand_augment.apply(image, params["rand_augment"])
+        return self.rand_augment.apply(image, params["rand_augment"], params.get("translate_side"))
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """ToTensor + Normalize, bit-identical to torchvision's pair but about twice as fast (one copy)."""
@@ -217,12 +223,20 @@ def compress(params: dict[str, Any]) -> list[Any]:
 
     The crop has no skip probability, so its entry is always a box.
     """
+    if params.get("translate_side") is not None:
+        raise ValueError("compress writes Translate as fractions of the side; these parameters hold pixels")
     box, ops = (params[key] for key in TRANSFORM_KEYS)
     return [[int(v) for v in box], None if ops is None else [[int(op), float(m)] for op, m in ops]]
 
 
-def decompress(data: list[Any]) -> dict[str, Any]:
-    """Inverse of `compress` (also after a JSON round trip); rejects records of another layout."""
+def decompress(data: list[Any], translate_side: int | None = None) -> dict[str, Any]:
+    """Inverse of `compress` (also after a JSON round trip); rejects records of another layout.
+
+    `translate_side`: the record's Translate magnitudes are pixels of a view that many pixels wide (DataCompDR's
+    published records: 224), not our writer's fractions of the side (None).
+    """
+    if translate_side is not None and translate_side < 1:
+        raise ValueError(f"translate_side must be a positive view width in pixels, got {translate_side}")
     if not isinstance(data, list | tuple) or len(data) != len(TRANSFORM_KEYS):
         raise ValueError(f"expected a list of {len(TRANSFORM_KEYS)} entries {TRANSFORM_KEYS}, got {data!r}")
     box, ops = data
@@ -233,4 +247,5 @@ def decompress(data: list[Any]) -> dict[str, Any]:
     return {
         "random_resized_crop": tuple(int(v) for v in box),
         "rand_augment": None if ops is None else tuple((int(op), float(m)) for op, m in ops),
+        "translate_side": translate_side,
     }

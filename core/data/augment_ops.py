@@ -9,6 +9,9 @@ One deliberate difference: torchvision sizes the Translate range in pixels of th
 (150/331 · width). Here Translate magnitudes are a FRACTION of the image side and are turned into pixels only
 when applied, so one stored augmentation replays at the student's resolution as the same relative shift. Every
 other op is already resolution-independent (angles, shear factors, enhancement factors, bits, thresholds).
+Records made by torchvision's table (DataCompDR's `paug.json`) hold Translate in pixels of the `translate_side`
+-pixel view they were drawn on: `apply_op` takes them as they are at that size (exactly torchvision's replay)
+and as the same fraction of the side at any other.
 """
 
 from __future__ import annotations
@@ -93,10 +96,19 @@ def _shear(image: Image.Image, factor: float, axis: int, fill: list[float]) -> I
     )
 
 
-def _translate(image: Image.Image, fraction: float, axis: int, fill: list[float]) -> Image.Image:
+def _translate(
+    image: Image.Image, magnitude: float, axis: int, fill: list[float], translate_side: int | None
+) -> Image.Image:
     # Pixels truncated toward zero, as torchvision's int(magnitude); PIL size is (width, height).
+    side = image.size[axis]
+    if translate_side is None:
+        pixels = magnitude * side  # a fraction of the side
+    elif side == translate_side:
+        pixels = magnitude  # as recorded: no arithmetic, so the replay is torchvision's to the bit
+    else:
+        pixels = magnitude * side / translate_side
     shift = [0, 0]
-    shift[axis] = int(fraction * image.size[axis])
+    shift[axis] = int(pixels)
     return F.affine(
         image,
         angle=0.0,
@@ -112,8 +124,6 @@ _APPLY: dict[str, Callable[[Image.Image, float, list[float]], Image.Image]] = {
     "Identity": lambda img, m, fill: img,
     "ShearX": lambda img, m, fill: _shear(img, m, 0, fill),
     "ShearY": lambda img, m, fill: _shear(img, m, 1, fill),
-    "TranslateX": lambda img, m, fill: _translate(img, m, 0, fill),
-    "TranslateY": lambda img, m, fill: _translate(img, m, 1, fill),
     "Rotate": lambda img, m, fill: F.rotate(img, m, interpolation=InterpolationMode.NEAREST, fill=fill),
     "Brightness": lambda img, m, fill: F.adjust_brightness(img, 1.0 + m),
     "Color": lambda img, m, fill: F.adjust_saturation(img, 1.0 + m),
@@ -126,6 +136,12 @@ _APPLY: dict[str, Callable[[Image.Image, float, list[float]], Image.Image]] = {
 }
 
 
-def apply_op(image: Image.Image, op_index: int, magnitude: float, fill: list[float]) -> Image.Image:
-    """Apply op `OP_NAMES[op_index]` with its signed `magnitude` (Translate: fraction of the side)."""
-    return _APPLY[OP_NAMES[op_index]](image, magnitude, fill)
+def apply_op(
+    image: Image.Image, op_index: int, magnitude: float, fill: list[float], translate_side: int | None = None
+) -> Image.Image:
+    """Apply op `OP_NAMES[op_index]` with its signed `magnitude`. Translate: a fraction of the side, or with
+    `translate_side` pixels of a view that many pixels wide (see the module docstring)."""
+    name = OP_NAMES[op_index]
+    if name in ("TranslateX", "TranslateY"):
+        return _translate(image, magnitude, int(name == "TranslateY"), fill, translate_side)
+    return _APPLY[name](image, magnitude, fill)

@@ -179,6 +179,7 @@ def _expected_info(
         token_merging_r=settings.token_merging_r,
         embedding_format=settings.embedding_format,
         augment=json.loads(json.dumps(dataclasses.asdict(recording_augment(settings, ensemble)))),
+        translate="fraction",  # `augment.compress` stores Translate as fractions of the side
         shards={},
     )
 

@@ -6,7 +6,9 @@ One reinforced sample is a webdataset record with
   DataCompDR shards carry no pixels.
 - `syn.json` {"syn_text": [S strings]}: the synthetic captions.
 - `paug.json` {"param_aug": [A compressed augmentations]}: see `augment.compress`. The Hugging Face copy stores this
-  field as a JSON *string* holding the list, so both forms are read.
+  field as a JSON *string* holding the list, so both forms are read. Translate magnitudes are pixels of the
+  224-px recorded view in the published shards and fractions of the side in ours; `ReinforcementInfo.translate`
+  says which, and shards without our `reinforcement.json` are read as published (`translate_side`).
 - `pth.gz` (gzip of a torch pickle, bf16) or `npz` (numpy, fp32): `image_emb` [A, K·d], one row per augmentation,
   and `text_emb` [1+S, K·d], row 0 the ground-truth caption and rows 1..S the synthetic ones. Each row is the
   concatenation of the K teachers' L2-normalised embeddings.
@@ -27,13 +29,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ablate.core.config.base import ConfigError
 
 EmbeddingFormat = Literal["pth.gz", "npz"]
 EMBEDDING_KEYS: tuple[EmbeddingFormat, ...] = ("pth.gz", "npz")
 INFO_FILE = "reinforcement.json"
+# The view size DataCompDR's augmentations were drawn at (ml-mobileclip training/configs/datacompdr*.json:
+# random_resized_crop size 224), i.e. what its Translate pixels are pixels of.
+PUBLISHED_VIEW_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,19 @@ class ReinforcementInfo(BaseModel):
     embedding_format: EmbeddingFormat = "pth.gz"
     token_merging_r: int = Field(0, ge=0, description="teachers ran with ToMe merging r tokens per layer (0: exact)")
     augment: dict[str, Any] = Field(default_factory=dict, description="the AugmentConfig the records were drawn with")
+    translate: Literal["fraction", "pixels"] | None = Field(
+        None,
+        description="unit of stored Translate magnitudes: fractions of the side (our writer) or pixels of the "
+        "recorded view (DataCompDR; of augment.size, else 224). Unset: fraction when `augment` was recorded (our "
+        "writer before this field existed), else pixels",
+    )
     shards: dict[str, int] = Field(default_factory=dict, description="finished shard file -> samples in it")
+
+    @model_validator(mode="after")
+    def _translate_unit(self) -> ReinforcementInfo:
+        if self.translate is None:
+            self.translate = "fraction" if self.augment else "pixels"
+        return self
 
     @property
     def teacher_dims(self) -> list[int]:
@@ -85,6 +102,16 @@ class ReinforcementInfo(BaseModel):
     @property
     def teacher_logit_scales(self) -> list[float]:
         return [teacher.logit_scale for teacher in self.teachers]
+
+
+def translate_side(info: ReinforcementInfo | None) -> int | None:
+    """How a shard set's stored Translate magnitudes read (see `augment.decompress`): None for fractions of the
+    side, else the width in pixels of the view they are pixels of. No `reinforcement.json`: published shards."""
+    if info is None:
+        return PUBLISHED_VIEW_SIZE
+    if info.translate == "fraction":
+        return None
+    return int(info.augment.get("size", PUBLISHED_VIEW_SIZE))
 
 
 def encode_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor, fmt: EmbeddingFormat) -> bytes:

@@ -20,6 +20,7 @@ from ablate.core.data.reinforced_format import (
     ReinforcementInfo,
     decode_record,
     read_info,
+    translate_side,
 )
 from ablate.core.data.tar_index import IndexedShards
 
@@ -49,6 +50,15 @@ def reinforcement_shards(root: Path, split: str) -> list[Path]:
     return shards
 
 
+def check_reinforcement_folder(root: Path) -> None:
+    """What a run can check of a reinforcement folder before it builds anything: it exists and holds shards of
+    its recorded split. Opening the shards is the store's job, at the start of training."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.reinforcement: {root} is not a folder (run `ablate reinforce` first)")
+    info = read_info(root)
+    reinforcement_shards(root, info.split if info else "train")
+
+
 def teacher_layout(
     info: ReinforcementInfo | None,
     dims: list[int] | None,
@@ -75,6 +85,7 @@ class ReinforcementStore:
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.reinforcement: {root} is not a folder (run `ablate reinforce` first)")
         self.info = read_info(self.root)
+        self.translate_side = translate_side(self.info)  # how its records' Translate magnitudes read
         paths = reinforcement_shards(self.root, self.info.split if self.info else split)
         expected = self.info.shards if self.info else {}
         self.shards = IndexedShards(paths, on_damage=self._damaged, required=(("json",), EMBEDDING_KEYS))

@@ -139,7 +139,7 @@ class TrainDataset(Dataset):
         syn_texts = record.syn_text if record else synthetic_captions(sample)
         draw = self.draw(visit, record.num_augmentations if record else 1, len(syn_texts))
         if record is not None:
-            params = decompress(record.param_aug[draw.augmentation])
+            params = decompress(record.param_aug[draw.augmentation], self.store.translate_side)
             view = pil_to_uint8(self.augment.replay_uint8(image, params, self.inputs.image_size))
         elif self.augment is not None:
             view = pil_to_uint8(self.augment.record_uint8(image, self._generator(visit, "augment"))[0])
