@@ -236,3 +236,48 @@ def test_an_open_clip_student_fine_tunes_from_a_safetensors_file(
         assert (trained[key] - original).abs().max() < 1e-4, key
     fresh = create_model("ViT-S-32-alt").state_dict()["visual.conv1.weight"]
     assert (fresh - state["visual.conv1.weight"]).abs().max() > 1e-2
+
+
+def test_apples_mct_checkpoint_loads_into_our_mct_output_for_output() -> None:
+    """tests/data/apple_mct_reference.safetensors was written by Apple's own ml-mobileclip code (a small MCt with
+    random weights in every branch, its tokens and its output; see make_apple_mct_reference.py): renamed onto our
+    TextEncoder, every text tensor loads and the outputs agree."""
+    from safetensors.torch import load_file
+
+    from ablate.core.models.clip import CLIP, InputSpec
+    from ablate.core.models.text import TextEncoder, TextSpec
+
+    path = Path(__file__).parent / "data" / "apple_mct_reference.safetensors"
+    reference = load_file(path)
+    spec = TextSpec(width=32, heads=2, layers=4, attention_layers=2, context_length=16, vocab_size=1000, output_dim=24)
+    model = CLIP(torch.nn.Linear(3, 24), TextEncoder(spec), InputSpec(32, 16, (0.0,) * 3, (1.0,) * 3))
+    report = load_weights(model, "apple-mct", str(path), "model.pretrained")
+    assert [key for key in report.missing if key.startswith("text.")] == []
+    assert set(report.unexpected) == {"reference.tokens", "reference.output"}
+    with torch.no_grad():
+        ours = model.text.eval()(reference["reference.tokens"])
+    assert torch.allclose(ours, reference["reference.output"], atol=1e-5), (
+        (ours - reference["reference.output"]).abs().max()
+    )
+
+
+def test_a_base_text_tower_maps_onto_an_mct_student_and_reports_the_rest(tmp_path: Path) -> None:
+    """`tiny` -> `mct-tiny` is MobileCLIP2-S0 -> MobileCLIP-S0 at CPU size: same image tower, open_clip Base text
+    (3 layers) into MCt (RepMixer, 2 attention, RepMixer). The image tower, embeddings, final norm and projection
+    carry over, attention blocks take layers 0 and 1, the RepMixers stay as built and layer 2 is left over."""
+    source = create_model("tiny")
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    student = create_model("mct-tiny")
+    report = load_weights(student, "mct-tiny", str(path), "model.pretrained")
+    theirs, ours = source.state_dict(), student.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in theirs.items() if k.startswith("visual."))
+    for key in ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"):
+        assert torch.equal(ours[f"text.{key}"], theirs[f"text.{key}"]), key
+    assert torch.equal(
+        ours["text.blocks.1.attn.qkv.weight"], theirs["text.transformer.resblocks.0.attn.in_proj_weight"]
+    )
+    assert torch.equal(ours["text.blocks.2.mlp.fc2.weight"], theirs["text.transformer.resblocks.1.mlp.c_proj.weight"])
+    assert {key.split(".")[2] for key in report.missing} == {"0", "3"}  # text.blocks.0/3: the Text-RepMixers
+    assert report.unexpected and all(key.startswith("text.transformer.resblocks.2.") for key in report.unexpected)
+    assert "open_clip layer 1 -> block 2" in report.summary()

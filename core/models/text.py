@@ -239,7 +239,7 @@ class TextEncoder(nn.Module):
     def from_open_clip(cls, text: TextTransformer, attention: AttentionSpec) -> TextEncoder:
         """open_clip's TextTransformer rebuilt as a Base TextEncoder with the same weights and outputs."""
         encoder = cls(spec_of_open_clip(text, attention))
-        _load_compatible(encoder, _open_clip_state_to_ours(text.state_dict()), source="open_clip TextTransformer")
+        _load_compatible(encoder, open_clip_text_state_to_ours(text.state_dict()), source="open_clip TextTransformer")
         return encoder.to(text.positional_embedding.device)
 
 
@@ -276,7 +276,7 @@ def spec_of_open_clip(text: TextTransformer, attention: AttentionSpec) -> TextSp
     )
 
 
-def _open_clip_state_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def open_clip_text_state_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename open_clip keys: resblocks.i.attn.in_proj_* → blocks.i.attn.qkv.*, out_proj → proj, c_fc/c_proj →
     fc1/fc2. nn.MultiheadAttention stores q, k, v concatenated with heads contiguous, timm's layout."""
     renames = (

@@ -34,6 +34,7 @@ from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed,
 
 from ablate.core.config.base import ConfigError
 from ablate.core.models.clip import CLIP
+from ablate.core.models.conversions import apple_mct_to_ours, is_apple_mct, open_clip_text_into_encoder
 from ablate.core.training.checkpoint import latest_checkpoint
 
 log = logging.getLogger("ablate.weights")
@@ -60,6 +61,7 @@ class LoadReport:
     missing: list[str]
     unexpected: list[str]
     mismatched: list[str]
+    notes: list[str] = field(default_factory=list)  # how layouts were mapped (conversions.py)
 
     @property
     def complete(self) -> bool:
@@ -70,7 +72,7 @@ class LoadReport:
         for name, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("skipped", self.mismatched)):
             if keys:
                 parts.append(f"{len(keys)} {name} ({_sample(keys)})")
-        return "; ".join(parts)
+        return "; ".join(parts + self.notes)
 
 
 def hub_cache_dir() -> str | None:
@@ -150,19 +152,23 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # a truncated or foreign file: say which one
         raise ConfigError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from None
     if isinstance(state.get("model"), dict):  # ours: step_*.pt / pruned stage files
-        state = state["model"]
+        state = state.get("ema") or state["model"]  # with optim.ema, the average is the model the run evaluated
     state = {key.removeprefix("module."): value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not state:
         raise ConfigError(f"{path}: holds no tensors")
     return state
 
 
-def to_clip_layout(model: CLIP, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_clip_layout(model: CLIP, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """open_clip's conversions, as its `load_checkpoint` applies them: Apple's ml-mobileclip keys (needs an
     open_clip timm image tower), the pre-CustomTextCLIP layout (text keys at the top level), position
-    embeddings resized to the model's grid and context."""
+    embeddings resized to the model's grid and context; then ours (conversions.py): Apple's MCt text, and open_clip
+    text layers onto our encoder's attention blocks. Returns the state and notes on what was mapped where."""
+    if is_apple_mct(state):  # ml-mobileclip's S0: its MCt text is ours renamed; open_clip converts the image
+        state = apple_mct_to_ours(state)
     if hasattr(model.visual, "trunk"):
-        state = convert_state_dict(model, state)
+        text = {key: value for key, value in state.items() if key.startswith("text.")}
+        state = convert_state_dict(model, {key: value for key, value in state.items() if key not in text}) | text
     state = convert_to_custom_text_state_dict(state)
     if "logit_scale" in state:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
@@ -170,7 +176,7 @@ def to_clip_layout(model: CLIP, state: dict[str, torch.Tensor]) -> dict[str, tor
         resize_pos_embed(state, model)
     if hasattr(model.text, "positional_embedding"):
         resize_text_pos_embed(state, model)
-    return state
+    return open_clip_text_into_encoder(model.text, state)
 
 
 def load_weights(model: CLIP, model_name: str, source: str, where: str) -> LoadReport:
@@ -179,7 +185,7 @@ def load_weights(model: CLIP, model_name: str, source: str, where: str) -> LoadR
     A pretrained tag also sets the model's input normalisation to the tag's (e.g. MobileCLIP2-S3's OpenAI
     mean/std against MobileCLIP's 0/1)."""
     resolved = resolve_weights(model_name, source, where)
-    state = to_clip_layout(model, read_state_dict(resolved.path))
+    state, notes = to_clip_layout(model, read_state_dict(resolved.path))
     own = model.state_dict()
     fits = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
     if not fits:
@@ -199,6 +205,7 @@ def load_weights(model: CLIP, model_name: str, source: str, where: str) -> LoadR
         missing=sorted(set(own) - set(fits)),
         unexpected=sorted(set(state) - set(own)),
         mismatched=sorted(key for key in state if key in own and key not in fits),
+        notes=notes,
     )
 
 
