@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from train_helpers import fast_config
 
 from ablate.core.compression.stages import CompressionStages
 from ablate.core.config.loading import apply_overrides
 from ablate.core.config.sections import TrainConfig, TrainLoopConfig
 from ablate.core.training.fast_paths import TrainStep
 from ablate.core.training.trainer import Trainer
-from train_helpers import fast_config
 
 
 @pytest.fixture
@@ -89,15 +89,15 @@ def test_a_compiled_step_follows_hooks_and_structure_changed_after_its_first_com
 
 
 def _two_stage_config(tmp_path: Path, small_shapes: Path, reinforced_small: Path, compile_: bool) -> TrainConfig:
-    """4 steps: stage 1 masks at step 0 and prunes after it, stage 2 masks the pruned (already compiled) model
-    at step 2. Masks start half-open (log α 0.5) so each prune removes units."""
-    tree = fast_config(tmp_path, small_shapes, {"train.steps": 4, "train.batch_size": 8, "train.log_every": 1})
-    stage = {"steps": 2, "mask_steps": 1, "q_warmup_steps": 0}
+    """3 steps: stage 1 masks step 0 and prunes after it, step 1 trains (and compiles) the pruned model, stage 2
+    masks that model at step 2. Masks start half-open (log α 0.5) so each prune removes units."""
+    tree = fast_config(tmp_path, small_shapes, {"train.steps": 3, "train.batch_size": 8, "train.log_every": 1})
+    stage = {"mask_steps": 1, "q_warmup_steps": 0}
     tree = apply_overrides(
         tree,
         {
-            "train.eval_every": 4,
-            "train.checkpoint_every": 4,
+            "train.eval_every": 3,
+            "train.checkpoint_every": 3,
             "train.compile": compile_,
             "train.precision": "fp32",
             "eval.max_samples": 8,
@@ -108,7 +108,10 @@ def _two_stage_config(tmp_path: Path, small_shapes: Path, reinforced_small: Path
             "loss.alpha": 0.5,
             "tracking.enabled": False,
             "compression": {
-                "stages": [{"target_sparsity": 0.2, **stage}, {"target_sparsity": 0.4, **stage}],
+                "stages": [
+                    {"target_sparsity": 0.2, "steps": 2, **stage},
+                    {"target_sparsity": 0.4, "steps": 1, **stage},
+                ],
                 "log_alpha_init": 0.5,
             },
         },
@@ -133,6 +136,7 @@ def _mask_gradients(config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> tup
     return trainer, seen
 
 
+@pytest.mark.slow  # Dynamo traces the tiny CLIP four times (about a minute of CPU)
 def test_stage_two_mask_gradients_of_a_compiled_run_equal_the_eager_runs(
     small_shapes: Path,
     reinforced_small: Path,
