@@ -13,10 +13,14 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # the models' weight readers import this module: it must not pull in compression
+    from ablate.core.training.ema import WeightAverage
 
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -39,6 +43,8 @@ def capture_rng() -> dict:
             "cached": float(cached),
         },
         "python": random.getstate(),
+        # Hard-concrete noise and dropout on a GPU draw from its own generators; a CPU-only resume leaves them be.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
 
 
@@ -56,6 +62,9 @@ def restore_rng(state: dict) -> None:
     )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda") or []  # absent in checkpoints written before GPU generators were saved
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def list_checkpoints(directory: Path) -> list[Checkpoint]:
@@ -81,10 +90,12 @@ def save_checkpoint(
     compute_seconds: float,
     extra: dict | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    ema: WeightAverage | None = None,
 ) -> Path:
     """`compute_seconds`: wall time trained so far over all attempts, so accounting survives resumes.
     `extra`: state that must be restored before the model can be (e.g. the architecture after pruning).
-    `scaler`: the fp16 GradScaler, if the run has one."""
+    `scaler`: the fp16 GradScaler, if the run has one. `ema`: the weight average, if the run keeps one (saved
+    as `ema`, which readers of a run's weights prefer: it is the model the run evaluated)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
     temporary = path.with_suffix(".pt.tmp")
@@ -98,6 +109,8 @@ def save_checkpoint(
     }
     if scaler is not None:
         state["grad_scaler"] = scaler.state_dict()
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     torch.save(state, temporary)
     temporary.replace(path)
     for old in list_checkpoints(directory)[:-keep]:
@@ -111,7 +124,11 @@ def checkpoint_extra(path: Path) -> dict:
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    ema: WeightAverage | None = None,
 ) -> tuple[int, float]:
     """Restore everything in place; return the step to continue from and the compute seconds spent so far.
 
@@ -122,5 +139,7 @@ def load_checkpoint(
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("grad_scaler"):
         scaler.load_state_dict(state["grad_scaler"])
+    if ema is not None:
+        ema.load_state_dict(state.get("ema"), model)
     restore_rng(state["rng"])
     return int(state["step"]), float(state["compute_seconds"])

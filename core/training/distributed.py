@@ -28,6 +28,11 @@ import torch.distributed as dist
 from ablate.core.config.base import ConfigError
 
 
+def backend_for(device: torch.device) -> str:
+    """nccl between GPUs, gloo between CPU processes (nccl has no CPU tensors, gloo no fast GPU collectives)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 @dataclass(frozen=True)
 class ProcessGroup:
     """This process's place in the trial: rank `rank` of `world_size` (1: not distributed)."""
@@ -42,10 +47,9 @@ class ProcessGroup:
         if world_size <= 1:
             return cls()
         if not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend_for(device))
         return cls(dist.get_rank(), dist.get_world_size())
 
     @property
