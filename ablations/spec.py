@@ -8,13 +8,14 @@ in trial 40.
 
 from __future__ import annotations
 
-import re
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate.ablations.optuna_storage import JOURNAL_PREFIX, open_optuna_storage, storage_file
+from ablate.ablations.slurm_spec import SlurmSpec
 from ablate.core.config.base import ConfigError
 from ablate.core.config.loading import (
     apply_overrides,
@@ -23,6 +24,7 @@ from ablate.core.config.loading import (
     validate_train_config,
 )
 from ablate.core.config.presets import PRESETS, preset_overrides
+from ablate.core.config.uris import check_database_url, check_sqlite_url, check_tracking_uri
 
 
 class _Strict(BaseModel):
@@ -31,8 +33,8 @@ class _Strict(BaseModel):
 
 class FloatParam(_Strict):
     type: Literal["float"]
-    low: float
-    high: float
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
     log: bool = False
 
     @model_validator(mode="after")
@@ -45,16 +47,22 @@ class FloatParam(_Strict):
 
 
 class IntParam(_Strict):
+    """Optuna's IntDistribution rules, checked here so that the study file, not the launch, is blamed."""
+
     type: Literal["int"]
     low: int
     high: int
-    step: int = 1
+    step: int = Field(1, ge=1)
     log: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> IntParam:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        if self.log and self.low < 1:
+            raise ValueError(f"log scale needs low >= 1 (got {self.low})")
+        if self.log and self.step != 1:
+            raise ValueError(f"log scale samples every integer: drop step (got {self.step})")
         return self
 
 
@@ -95,98 +103,6 @@ class BudgetSpec(_Strict):
     trials: int = Field(8, ge=1, description="configurations in total, counting those of earlier launches")
     parallel: int = Field(1, ge=1, description="jobs (trial replicates) running at once")
     wall_clock_min: float | None = Field(None, gt=0, description="no new trial starts after this many minutes")
-
-
-# sbatch values from a study file end up on `#SBATCH --key=value` lines. Plain tokens only: no spaces, quotes,
-# `;`, `|`, `$` or backticks, so a study file can never smuggle in a shell command or a second option.
-PLAIN_TOKEN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,:=+/@%-]*$")
-# Feature expressions may also combine features with & and | and brackets (sbatch --constraint).
-CONSTRAINT = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9_.,:&|*\[\]-]*$")
-
-
-def _plain_token(value: str) -> str:
-    if not PLAIN_TOKEN.match(value):
-        raise ValueError("must be one plain token: letters, digits and _ . , : = + / @ % - (no spaces or shell syntax)")
-    return value
-
-
-def _constraint(value: str) -> str:
-    if not CONSTRAINT.match(value):
-        raise ValueError("must be a feature expression: feature names joined by & or |, no spaces or shell syntax")
-    return value
-
-
-SbatchToken = Annotated[str, AfterValidator(_plain_token)]
-Constraint = Annotated[str, AfterValidator(_constraint)]
-
-# sbatch options a study may add. Options that change what runs or where its output goes (--wrap, --output,
-# --export, --chdir, --array, --signal, ...) belong to the executor and are not accepted.
-EXTRA_SBATCH_OPTIONS = frozenset(
-    {
-        "begin",
-        "comment",
-        "cpus-per-gpu",
-        "deadline",
-        "dependency",
-        "distribution",
-        "exclude",
-        "exclusive",
-        "gpu-bind",
-        "gpus-per-task",
-        "gres",
-        "hint",
-        "hold",
-        "licenses",
-        "mail-type",
-        "mail-user",
-        "mem-per-cpu",
-        "mem-per-gpu",
-        "nice",
-        "nodelist",
-        "no-requeue",
-        "priority",
-        "requeue",
-        "reservation",
-        "switches",
-        "tmp",
-        "wckey",
-    }
-)
-
-
-class SlurmSpec(_Strict):
-    """Resources of each trial job on a SLURM cluster (submitit's SlurmExecutor)."""
-
-    partition: SbatchToken | None = None
-    account: SbatchToken | None = None
-    qos: SbatchToken | None = None
-    constraint: Constraint | None = None
-    cpus_per_task: int = Field(1, ge=1, description="also the trial's torch threads (SLURM_CPUS_PER_TASK)")
-    gpus_per_node: int = Field(0, ge=0)
-    mem_gb: float | None = Field(None, gt=0)
-    array_parallelism: int = Field(256, ge=1, description="jobs of one submitted array running at once")
-    max_requeues: int = Field(3, ge=0, description="requeues after reaching the time limit; preemptions always")
-    signal_delay_s: int = Field(90, ge=1, description="USR2 this long before the time limit: checkpoint, requeue")
-    additional_parameters: dict[str, Any] = Field(
-        default_factory=dict, description="further sbatch options, e.g. {mail-type: END}; true for bare flags"
-    )
-
-    @field_validator("additional_parameters")
-    @classmethod
-    def _plain_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        for key, value in options.items():
-            if key not in EXTRA_SBATCH_OPTIONS:
-                allowed = ", ".join(sorted(EXTRA_SBATCH_OPTIONS))
-                raise ValueError(f"sbatch option {key!r} is not accepted here (allowed: {allowed})")
-            if value is True or (isinstance(value, int) and not isinstance(value, bool)):
-                continue
-            if not isinstance(value, str):
-                raise ValueError(f"sbatch option {key!r}: {value!r} is not a value (a token, a number, or true)")
-            try:
-                _plain_token(value)
-            except ValueError as err:
-                raise ValueError(f"sbatch option {key!r}: {value!r} {err}") from None
-        return options
 
 
 class ExecutorSpec(_Strict):
@@ -273,20 +189,26 @@ class StorageSpec(_Strict):
     @field_validator("optuna")
     @classmethod
     def _known_optuna_scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(OPTUNA_SCHEMES):
+        if url is None:
+            return url
+        if not url.startswith(OPTUNA_SCHEMES):
             raise ValueError(f"expected one of {', '.join(OPTUNA_SCHEMES)}... (a database URL or journal:PATH)")
-        return url
+        if url.startswith(JOURNAL_PREFIX):
+            if not url.removeprefix(JOURNAL_PREFIX).strip():
+                raise ValueError("journal: needs a file path after it, e.g. journal:runs/study.journal")
+            return url
+        return check_sqlite_url(url) if url.startswith("sqlite:///") else check_database_url(url)
 
     @field_validator("mlflow")
     @classmethod
     def _known_mlflow_scheme(cls, url: str) -> str:
-        if not url.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql")):
-            raise ValueError("expected sqlite:///PATH, a tracking server http(s)://HOST:PORT or a database URL")
-        return url
+        return check_tracking_uri(url)
 
 
 class StudySpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # The name is a folder, an MLflow experiment and part of report folder names (compare_A_vs_B): 100
+    # characters leaves room under the file systems' 255-byte limit on one path component.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = ""
     base: str | dict[str, Any] = Field(default_factory=dict, description="TrainConfig YAML path or inline")
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -315,6 +237,24 @@ class StudySpec(_Strict):
             for name, param in self.search_space.items():
                 if not isinstance(param, CategoricalParam | FixedParam):
                     raise ValueError(f"sampler 'grid' needs categorical or fixed parameters; {name} is {param.type}")
+            points = grid_size(self)
+            if points > MAX_GRID_POINTS:
+                raise ValueError(
+                    f"sampler.name: 'grid' over {points} points; a study enqueues at most {MAX_GRID_POINTS}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _pruner_fits_objectives(self) -> StudySpec:
+        """Optuna cannot prune a multi-objective study: an explicit pruner there is an error (the launch would
+        run without it), and the default becomes `none`, so the plan says what the launch does."""
+        if len(self.objectives) > 1 and self.pruner.name != "none":
+            if "pruner" in self.model_fields_set:
+                raise ValueError(
+                    f"pruner.name: {self.pruner.name!r} with {len(self.objectives)} objectives: Optuna cannot "
+                    "prune multi-objective studies, the launch would run unpruned; set pruner: {name: none}"
+                )
+            self.pruner = PrunerSpec(name="none")
         return self
 
     @property
@@ -349,23 +289,62 @@ def load_study(path: Path | str) -> tuple[StudySpec, dict[str, Any]]:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err, StudySpec, str(path))) from None
+    base_file = path.parent / spec.base if isinstance(spec.base, str) else None
     try:
-        base = read_yaml(path.parent / spec.base) if isinstance(spec.base, str) else dict(spec.base)
+        base = read_yaml(base_file) if base_file is not None else dict(spec.base)
     except ConfigError as err:
         raise ConfigError(f"{path}: base: {err}") from None
-    tree = apply_overrides(base, spec.overrides)
-    validate_train_config(tree, f"{path} (base + overrides)")
+    tree = apply_overrides(base, spec.overrides, f"{path}: overrides.")
+    validate_train_config(tree, _blame(path, base_file, base, spec.overrides))
     for name, baseline in spec.baselines.items():
-        validate_train_config(apply_overrides(tree, baseline.overrides), f"{path}: baselines.{name}")
+        where = f"{path}: baselines.{name}"
+        validate_train_config(apply_overrides(tree, baseline.overrides, f"{where}.overrides."), where)
     for name, param in spec.search_space.items():
         for value in example_values(param):
-            validate_train_config(apply_overrides(tree, {name: value}), f"{path}: search_space.{name}")
+            where = f"{path}: search_space.{name}"
+            validate_train_config(apply_overrides(tree, {name: value}, f"{path}: search_space."), where)
     return spec, tree
 
 
+def _blame(study: Path, base_file: Path | None, base: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """Which file (and part of it) holds the field a validation error is about: an override of it, else the
+    base that sets it, else both together (a rule across fields, a field neither sets)."""
+
+    def source(loc: tuple[str, ...]) -> str:
+        dotted = ".".join(loc)
+        if dotted and any(dotted == k or dotted.startswith(f"{k}.") or k.startswith(f"{dotted}.") for k in overrides):
+            return f"{study} (overrides)"
+        if loc and _holds(base, loc):
+            return str(base_file) if base_file is not None else f"{study} (base)"
+        return f"{study} (base + overrides)"
+
+    return source
+
+
+def _holds(tree: Any, loc: tuple[str, ...]) -> bool:
+    for key in loc:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+MAX_GRID_POINTS = 10_000
+
+
+def grid_size(spec: StudySpec) -> int:
+    """How many points the grid sampler enumerates, counted without enumerating them."""
+    return math.prod(len(p.choices) for p in spec.search_space.values() if isinstance(p, CategoricalParam))
+
+
 def example_values(param: Param) -> list[Any]:
-    """Values that must all fit TrainConfig: both ends of a range, every choice, the fixed value."""
-    if isinstance(param, FloatParam | IntParam):
+    """Values that must all fit TrainConfig: both ends of a range, every choice, the fixed value, and for a float
+    range one fractional value inside it (pydantic accepts 100.0 for an int field, but not what TPE samples)."""
+    if isinstance(param, FloatParam):
+        low, high = param.low, param.high
+        inside = math.exp(0.63 * math.log(low) + 0.37 * math.log(high)) if param.log else 0.63 * low + 0.37 * high
+        return [low, high, inside if inside != int(inside) else math.nextafter(inside, high)]
+    if isinstance(param, IntParam):
         return [param.low, param.high]
     if isinstance(param, CategoricalParam):
         return list(param.choices)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ablate.core.config.base import ConfigError
 from ablate.core.models import UnknownModelError
@@ -35,6 +36,15 @@ RUNS_ROOT = typer.Option(Path("runs"), help="where launched studies keep their f
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, UnknownModelError)
 
 
+MAX_ERROR_LINES, MAX_LINE_CHARS = 12, 400  # messages quote excerpts already; this bounds any that do not
+
+
 def fail(message: str) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    lines = [
+        line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 3] + "..." for line in message.splitlines()
+    ]
+    if len(lines) > MAX_ERROR_LINES:
+        lines = [*lines[:MAX_ERROR_LINES], f"... ({len(lines) - MAX_ERROR_LINES} more lines)"]
+    # escaped: a quoted value such as `[/x]` is text, not rich markup (unescaped, it raised a MarkupError)
+    errors.print("[bold red]error:[/] " + escape("\n".join(lines)), highlight=False)
     raise typer.Exit(code=2)

@@ -29,7 +29,8 @@ def launch(
         if dry_run:
             spec, base = prepare(study)
             for line in describe(plan_study(spec, base, str(study))):
-                console.print(line, highlight=False, soft_wrap=True)
+                # markup=False: plan lines quote the study file ("[int]", a description with "[/x]"), not rich markup
+                console.print(line, highlight=False, soft_wrap=True, markup=False)
             return
         result = run_study(study, console)
     except USER_ERRORS as err:
@@ -89,7 +90,8 @@ def status(
         f"{'running' if info['launcher_alive'] else 'not running'}; {info['cpu_hours']:.3f} CPU-hours{gpu}"
     )
     for metric, best in info["best"].items():
-        console.print(f"best {metric}: {best['value']:.4f} (trial {best['trial']}, {best['params']})", highlight=False)
+        line = f"best {metric}: {best['value']:.4f} (trial {best['trial']}, {best['params']})"
+        console.print(line, highlight=False, markup=False)
     for job in info["running_jobs"]:
         console.print(f"running: pid {job['pid']} in {job['run_dir']}", highlight=False)
 

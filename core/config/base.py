@@ -4,6 +4,9 @@ mounts them, and everything that checks a config can import them without importi
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -15,3 +18,15 @@ class StrictModel(BaseModel):
 
 class ConfigError(ValueError):
     """A configuration problem, already phrased for the user (source, field path, value, what is wrong)."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 60, 60, 40
+_SHORT.maxdict = _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = 4
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, short: an error message quotes what was given, never all of it. reprlib bounds the work as
+    well as the text, so even a value of millions of elements costs microseconds to describe."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -53,7 +53,11 @@ def load_manifest(root: Path | str) -> Manifest:
         raise FileNotFoundError(f"data.root: {root}: no manifest.json (see README, 'Using your own data')")
     try:
         manifest = Manifest.model_validate(json.loads(path.read_text()))
-    except (ValidationError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: invalid manifest: {err}") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "<top level>"
+        raise ConfigError(f"{path}: invalid manifest: {where}: {first['msg'][:200]}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: invalid manifest: {str(err)[:200]}") from None
     manifest.root = Path(root)
     return manifest

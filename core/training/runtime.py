@@ -9,6 +9,8 @@ import signal
 import numpy as np
 import torch
 
+from ablate.core.config.base import ConfigError
+
 
 def resolve_threads(requested: int | None) -> int:
     """Explicit setting, else the SLURM allocation, else the CPUs this process may run on.
@@ -39,7 +41,7 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: 'cuda' requested but no CUDA device is available")
+        raise ConfigError("train.device: 'cuda' requested but no CUDA device is available")
     return torch.device(requested)
 
 
