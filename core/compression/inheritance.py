@@ -48,7 +48,10 @@ def layer_map(student_keys: list[str], teacher_keys: list[str]) -> dict[str, lis
     mapping = {}
     for prefix, depth in student.items():
         if prefix not in teacher:
-            raise InheritanceError(f"the teacher has no block list '{prefix}' (is it the same model family?)")
+            raise InheritanceError(
+                f"the teacher has no block list '{prefix}' (is it the same model family? To start from the weights "
+                "that do map, e.g. MobileCLIP2-S0 into MobileCLIP-S0, set model.pretrained to the checkpoint)"
+            )
         if teacher[prefix] < depth:
             raise InheritanceError(f"'{prefix}': the student has {depth} layers, the teacher only {teacher[prefix]}")
         step = teacher[prefix] // depth

@@ -68,7 +68,8 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def summary(self) -> str:
-        parts = [f"{len(self.loaded)} tensors loaded from {self.source} ({self.path})"]
+        where = self.source if str(self.path) == self.source else f"{self.source} ({self.path})"
+        parts = [f"{len(self.loaded)} tensors loaded from {where}"]
         for name, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("skipped", self.mismatched)):
             if keys:
                 parts.append(f"{len(keys)} {name} ({_sample(keys)})")
