@@ -68,3 +68,27 @@ def train_worker(rank: int, world_size: int, port: int, config: dict, out: str) 
     torch.save(
         {"metrics": result.metrics, "history": result.history, "steps": result.steps}, Path(out) / f"rank{rank}.pt"
     )
+
+
+def fault_worker(rank: int, port: int, fault: str, timeout_s: float, out: str) -> None:
+    """Rank 1 does one all-reduce and then dies (`dead`) or stops answering (`stuck`); rank 0 keeps reducing and
+    records how long its failing collective waited and what it raised."""
+    import time
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0")
+    torch.set_num_threads(1)
+    group = ProcessGroup.from_environment(CPU, timeout_s)
+    group.mean(torch.ones(3))
+    if rank == 1:
+        if fault == "dead":
+            os._exit(1)
+        time.sleep(3600)
+    started = time.monotonic()
+    try:
+        for _ in range(3):
+            group.mean(torch.ones(3))
+        outcome = "no error"
+    except Exception as err:  # the backend's error type differs between gloo versions: record whichever
+        outcome = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    Path(out).write_text(f"{time.monotonic() - started:.2f}\n{outcome}")
+    os._exit(0)  # the group cannot be torn down cleanly with a dead peer

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from distributed_workers import CASES, loss_worker, step_terms_and_gradients, train_worker
+from distributed_workers import CASES, fault_worker, loss_worker, step_terms_and_gradients, train_worker
 from mlflow.tracking import MlflowClient
 from train_helpers import fast_config, free_port
 
@@ -144,3 +144,25 @@ def test_row_shares_of_every_loss_average_to_the_whole_batch_loss() -> None:
             for rows in (ProcessGroup(rank, 3).rows(12) for rank in range(3))
         ]
         assert torch.stack(shares).mean().item() == pytest.approx(whole.item(), abs=1e-12), name
+
+
+@pytest.mark.parametrize("fault", ["dead", "stuck"])
+def test_a_dead_or_stuck_rank_fails_the_others_within_the_collective_timeout(fault: str, tmp_path: Path) -> None:
+    """Without a bound, rank 0 waited in its all-reduce for torch's default 30 minutes when its peer hung."""
+    context = mp.get_context("spawn")
+    out = tmp_path / "rank0.txt"
+    port = free_port()
+    ranks = [context.Process(target=fault_worker, args=(rank, port, fault, 3.0, str(out))) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    try:
+        ranks[0].join(timeout=120)
+        assert not ranks[0].is_alive(), "rank 0 still blocked in a collective"
+        waited, outcome = out.read_text().split("\n", 1)
+        assert outcome != "no error"
+        assert float(waited) < 3.0 + 10, (waited, outcome)
+    finally:
+        for process in ranks:
+            if process.is_alive():
+                process.kill()
+                process.join()

@@ -205,6 +205,12 @@ class TrainLoopConfig(StrictModel):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch threads; default from SLURM_CPUS_PER_TASK or cores")
+    collective_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="multi-process trials: a rank waiting this long for its peers (one died or hangs) fails the "
+        "trial, which is retried from its checkpoint; must exceed rank 0's evaluation and checkpoint time",
+    )
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the model (eager fallback with one warning); auto: on GPU only"
     )

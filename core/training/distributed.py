@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -41,15 +42,20 @@ class ProcessGroup:
     world_size: int = 1
 
     @classmethod
-    def from_environment(cls, device: torch.device) -> ProcessGroup:
-        """Join the launcher's process group if it started several processes; otherwise a group of one."""
+    def from_environment(cls, device: torch.device, timeout_s: float | None = None) -> ProcessGroup:
+        """Join the launcher's process group if it started several processes; otherwise a group of one.
+
+        `timeout_s` bounds every wait on the peers, the rendezvous and each collective: when a rank dies or hangs,
+        the others raise after this long instead of torch's default 30 minutes, so the trial fails and is retried
+        from its checkpoint."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
         if not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend=backend_for(device))
+            timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
+            dist.init_process_group(backend=backend_for(device), timeout=timeout)
         return cls(dist.get_rank(), dist.get_world_size())
 
     @property

@@ -87,7 +87,7 @@ class Trainer:
         self.threads = configure_threads(config.train.threads)
         self.device = resolve_device(config.train.device)
         # Every rank of a multi-process trial seeds alike: same initial weights, same mask noise.
-        self.group = ProcessGroup.from_environment(self.device)
+        self.group = ProcessGroup.from_environment(self.device, config.train.collective_timeout_s)
         self.rows = self.group.rows(config.train.batch_size)  # this rank's share of every batch
         self.step = TrainStep(config.train, self.device, config.optim.grad_clip_norm, self.group)  # the fast paths
         seed_everything(config.seed)
