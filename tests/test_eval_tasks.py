@@ -53,7 +53,15 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             root / "wds_colours", [0, 1, 2, 2, 1, 0, 1, 2, 0, 1], list(COLOURS), TEMPLATES
         ),
         "retrieval": write_clip_benchmark_retrieval(
-            root / "wds_captions", [["a red one", "red"], ["green"], ["blue", "a blue one", "bluish"]] * 3
+            root / "wds_captions",  # distinct captions: no ties between images of one colour
+            [
+                [f"a red one {i}", f"red {i}"]
+                if i % 3 == 0
+                else [f"green {i}"]
+                if i % 3 == 1
+                else [f"blue {i}", f"a blue one {i}", f"bluish {i}"]
+                for i in range(9)
+            ],
         ),
     }
 
@@ -137,6 +145,8 @@ def test_classifier_is_open_clip_s_mean_and_is_cached_by_weights(tmp_path: Path)
     assert changed != version
     assert not torch.allclose(cache.get(model, changed, names, templates, CPU), weights)
     assert cache.built == 2 and cache.tokenized(names, templates, model.inputs.context_length) is tokens
+    cache.keep_only(changed)  # what the suite does at each evaluation: old weights' classifiers go
+    assert len(cache.classifiers) == 1
 
 
 def test_suite_scores_match_a_hand_computation(folders: dict[str, Path]) -> None:

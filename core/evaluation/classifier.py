@@ -55,6 +55,10 @@ class ZeroShotClassifiers:
         self.classifiers: dict[tuple[str, str], torch.Tensor] = {}
         self.built = 0  # classifiers computed with the text tower (not read from a cache): what tests count
 
+    def keep_only(self, version: str) -> None:
+        """Drop in-memory classifiers of other weights: a training run would otherwise hold one per evaluation."""
+        self.classifiers = {key: value for key, value in self.classifiers.items() if key[0].startswith(version)}
+
     def tokenized(self, classnames: Sequence[str], templates: Sequence[str], context_length: int) -> torch.Tensor:
         """[classes * templates, context] token ids, class-major (all templates of class 0 first)."""
         key = _prompts_key(classnames, templates, context_length)

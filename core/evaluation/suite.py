@@ -83,6 +83,7 @@ class EvaluationSuite:
     @torch.no_grad()
     def __call__(self, model: CLIP, device: torch.device, autocast: bool = False) -> dict[str, float]:
         version = weights_version(model.text)  # once per evaluation: the tasks share it
+        self.classifiers.keep_only(version)
         metrics: dict[str, float] = {}
         if self.held_out is not None:
             metrics |= evaluate(model, self.held_out, self.batch_size, device, autocast, self.classifiers, version)
