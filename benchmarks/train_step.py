@@ -10,6 +10,7 @@ Paths, all on the same model (one initialisation, deep-copied), batch size, prec
   one caption per image: the same caption count as `ours`.
 - `ours-stored-eq3`: the same with B_real + B_syn (`data.captions: both`, Eq. 3): twice the captions per image.
 - `ours-online`: distillation from two `small` teachers run on every batch (MobileCLIP Tab 4d's comparison).
+- `ours-eager`: `ours` with `train.compile: false` (on CUDA, where `auto` compiles: what compilation buys).
 
 Batches are synthetic (random pixels and tokens, unit-norm random teacher embeddings of the bundled layout,
 2 × 256): a step's cost does not depend on the values. The loader is measured on real data by
@@ -60,6 +61,7 @@ from ablate.core.training.optim import build_optimizer, learning_rate, set_learn
 TEACHER_DIMS, TEACHER_SCALES = [256, 256], [100.0, 100.0]  # the bundled teachers' stored layout
 RESULTS = Path(__file__).parent / "results"
 DISTILLATION_PATHS = ("ours-stored", "ours-stored-eq3", "ours-online")
+EXTRA_PATHS = (*DISTILLATION_PATHS, "ours-eager")
 
 
 def build_student(name: str, image_size: int, device: torch.device) -> CLIP:
@@ -92,11 +94,21 @@ def make_batches(model: CLIP, count: int, batch: int, captions: int, device: tor
 class OurPath:
     """The trainer's step (`TrainStep`), its schedule and clamp, over a fixed list of batches."""
 
-    def __init__(self, model: CLIP, batches: list[dict], precision: str, loss: LossConfig, teachers, device) -> None:
+    def __init__(
+        self,
+        model: CLIP,
+        batches: list[dict],
+        precision: str,
+        loss: LossConfig,
+        teachers,
+        device,
+        compile: bool | str = "auto",
+    ) -> None:
         self.model, self.batches, self.loss, self.teachers = model, batches, loss, teachers
         self.optim = OptimConfig(warmup_steps=10)
         self.optimizer = build_optimizer(model, self.optim)
-        self.step = TrainStep(TrainLoopConfig(precision=precision), device, self.optim.grad_clip_norm)
+        loop = TrainLoopConfig(precision=precision, compile=compile)
+        self.step = TrainStep(loop, device, self.optim.grad_clip_norm)
         self.done = 0
 
     def __call__(self) -> None:
@@ -250,6 +262,8 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
         paths["ours-online"] = OurPath(copy.deepcopy(base), single, precision, distill, online, device)
     if "ours-stored" in args.paths:
         paths["ours-stored"] = OurPath(copy.deepcopy(base), single, precision, distill, stored, device)
+    if "ours-eager" in args.paths:
+        paths["ours-eager"] = OurPath(copy.deepcopy(base), single, precision, LossConfig(), None, device, False)
     if "ours-stored-eq3" in args.paths:
         paths["ours-stored-eq3"] = OurPath(copy.deepcopy(base), double, precision, distill, stored, device)
     speeds = measure(paths, args.rounds, args.steps * args.batch, device)
@@ -260,6 +274,7 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
         "median_samples_per_s": medians,
         # Ratios are medians of per-round ratios: paths of one round ran back to back, under the same load.
         "ours_over_open_clip": paired_ratio(speeds["ours"], speeds["open_clip"]),
+        "step_time_ours_over_open_clip": paired_ratio(speeds["open_clip"], speeds["ours"]),
         "step_time_over_plain": {
             path: paired_ratio(speeds["ours"], speeds[path]) for path in paths if path.startswith("ours-")
         },
@@ -302,9 +317,9 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         nargs="*",
-        choices=DISTILLATION_PATHS,
+        choices=EXTRA_PATHS,
         default=list(DISTILLATION_PATHS),
-        help="distillation paths to add",
+        help="paths to add beside open_clip and ours",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
