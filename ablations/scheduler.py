@@ -26,9 +26,11 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from ablate.ablations.control import CANCEL_MARKER, STUDY_RECORD, launcher_lock, stop_job_process, stop_stale_job
+from ablate.ablations.live import LiveStatus, job_row
 from ablate.ablations.optuna_study import distributions, enqueue_grid, fixed_params, grid_points, open_study
 from ablate.ablations.parent_run import close_parent_run, open_parent_run
 from ablate.ablations.plan import check_runtime
+from ablate.ablations.prune_reason import prune_reason
 from ablate.ablations.spec import StudySpec, load_study
 from ablate.ablations.trial import (
     SUBMISSION_RECORD,
@@ -39,6 +41,7 @@ from ablate.ablations.trial import (
     write_json_atomically,
 )
 from ablate.ablations.work import Group, Replicate, build_group, replicate_tree
+from ablate.analysis.formatting import number, params_text
 from ablate.core.config.base import ConfigError
 from ablate.core.config.loading import validate_train_config
 from ablate.core.data.bundled import resolve_data_root
@@ -79,7 +82,9 @@ def prepare(study_path: Path | str) -> tuple[StudySpec, dict[str, Any]]:
     return spec.model_copy(update={"storage": storage}), base
 
 
-def launch(study_path: Path | str, console: Console | None = None) -> LaunchResult:
+def launch(study_path: Path | str, console: Console | None = None, status_every_s: float = 30.0) -> LaunchResult:
+    """`status_every_s`: how often the running jobs are summarised in one line where the console is no terminal
+    (on a terminal their table is redrawn at every poll)."""
     spec, base = prepare(study_path)
     with launcher_lock(spec.run_folder):
         # Recorded self-contained (base inlined, overrides applied) so `ablate resume` needs no other file.
@@ -91,12 +96,20 @@ def launch(study_path: Path | str, console: Console | None = None) -> LaunchResu
         resolve_data_root(base_config.data)
         prepare_inputs(base_config)
         parent_run_id = open_parent_run(spec)
-        return StudyScheduler(spec, base, parent_run_id, console or Console()).run()
+        return StudyScheduler(spec, base, parent_run_id, console or Console(), status_every_s).run()
 
 
 class StudyScheduler:
-    def __init__(self, spec: StudySpec, base: dict[str, Any], parent_run_id: str, console: Console) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        base: dict[str, Any],
+        parent_run_id: str,
+        console: Console,
+        status_every_s: float = 30.0,
+    ) -> None:
         self.spec, self.base, self.console = spec, base, console
+        self.live = LiveStatus(console, spec.objectives[0].metric, status_every_s)
         self.study = open_study(spec)
         self.result = LaunchResult(spec, parent_run_id)
         executor = spec.executor
@@ -126,6 +139,7 @@ class StudyScheduler:
     # -- main loop ---------------------------------------------------------------------------------------
     def run(self) -> LaunchResult:
         status = "FAILED"
+        self.live.start()
         try:
             self._queue_baselines()
             self._adopt_unfinished_trials()
@@ -135,6 +149,7 @@ class StudyScheduler:
                     break
                 time.sleep(0 if self.spec.executor.kind == "debug" else self.spec.executor.poll_seconds)
                 self._collect()
+                self._show_running()
                 if (self.spec.run_folder / CANCEL_MARKER).is_file():
                     self._cancel_everything("cancelled by `ablate cancel`")
                     (self.spec.run_folder / CANCEL_MARKER).unlink(missing_ok=True)
@@ -146,6 +161,7 @@ class StudyScheduler:
             self._cancel_everything("launcher interrupted")
             raise
         finally:
+            self.live.stop()
             close_parent_run(self.spec, self.result.parent_run_id, status)
         return self.result
 
@@ -203,8 +219,8 @@ class StudyScheduler:
             self._finish_group(group)
         else:
             self.pending.extend(r for r in group.replicates if not r.finished)
-            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in group.params.items())
-            self.console.print(f"{group.label} queued: {shown or 'base configuration'}", highlight=False)
+            shown = params_text(group.params) or "base configuration"
+            self.console.print(f"{group.label} queued: {shown}", highlight=False)
 
     def _trial_job(self, replicate: Replicate) -> TrialJob | None:
         """The job callable of a replicate; None (and the replicate failed) if its configuration is invalid."""
@@ -264,6 +280,12 @@ class StudyScheduler:
                 replicate.error = reason
             self._settle(replicate.group)
 
+    def _show_running(self) -> None:
+        """The live table: every running job's progress, read from its run folder (ablations/live.py)."""
+        metric = self.spec.objectives[0].metric
+        rows = [job_row(r.group.label, r.seed, r.run_dir, metric) for r, _ in self.running.values()]
+        self.live.show(rows, [outcome.state for outcome in self.result.outcomes])
+
     def _account(self, replicate: Replicate, job_id: str, end: JobEnd) -> None:
         """SLURM's record of what the job used, kept in the run folder and logged to the replicate's run."""
         if end.usage is None:
@@ -308,8 +330,18 @@ class StudyScheduler:
             self._tell(group, outcome)
         self.result.outcomes.append(outcome)
         colour = {"complete": "green", "pruned": "yellow"}.get(outcome.state, "red")
-        detail = outcome.values if outcome.values else (outcome.error or "")
-        self.console.print(f"[{colour}]{group.label} {outcome.state}[/] {detail}", highlight=False)
+        self.console.print(f"[{colour}]{group.label} {outcome.state}[/] {self._why(group, outcome)}", highlight=False)
+
+    def _why(self, group: Group, outcome: GroupOutcome) -> str:
+        """What a finished configuration scored, why it was pruned, or the error it failed with."""
+        if outcome.state == "pruned":
+            return prune_reason(self.study, group.trial.number, self.spec) if group.trial is not None else ""
+        if outcome.values:
+            metrics = (objective.metric for objective in self.spec.objectives)
+            return ", ".join(
+                f"{metric} = {number(value)}" for metric, value in zip(metrics, outcome.values, strict=True)
+            )
+        return outcome.error or ""
 
     def _tell(self, group: Group, outcome: GroupOutcome) -> None:
         trial = group.trial

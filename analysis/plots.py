@@ -19,6 +19,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ablate.analysis.formatting import number
 from ablate.analysis.runs import PARAM_PREFIX, metric_name, param_column
 
 FIGURE_FORMATS = ("png", "svg")
@@ -96,4 +97,4 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
 
 
 def _short(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return number(value, 3)

@@ -45,8 +45,29 @@ def test_out_of_range_value(tmp_path: Path) -> None:
 
 
 def test_cross_field_rule() -> None:
-    with pytest.raises(ConfigError, match="warmup_steps"):
-        load_train_config(None, ["train.steps=10", "optim.warmup_steps=10"])
+    with pytest.raises(ConfigError, match=r"loss\.alpha is 0\.5.*no compression section"):
+        load_train_config(None, ["loss.alpha=0.5"])
+
+
+def test_warmup_that_does_not_fit_is_clamped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """The default 50-step warmup used to make any `--set train.steps=N` with N <= 50 fail."""
+    with caplog.at_level("WARNING", logger="ablate.config"):
+        config = load_train_config(None, ["train.steps=20"])
+        again = load_train_config(None, ["train.steps=20"])
+    assert config.optim.warmup_for(20) == again.optim.warmup_for(20) == 2  # 10% of the run
+    assert [r.getMessage() for r in caplog.records] == [  # said once, however often the config is validated
+        "optim.warmup_steps (50 steps) does not fit train.steps (20): clamped to 2 steps"
+    ]
+    fraction = load_train_config(None, ["train.steps=3", "optim.warmup_fraction=0.9"])
+    assert fraction.optim.warmup_for(3) == 0 and fraction.optim.warmup_fraction is None
+    assert load_train_config(None, ["train.steps=100"]).optim.warmup_steps == 50  # a warmup that fits is kept
+
+
+def test_cli_says_what_it_does_before_importing_torch() -> None:
+    """`ablate train` prints before its slow imports; that only helps if the CLI's own modules stay light."""
+    code = "import sys, ablate.ablations.cli; print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_yaml_syntax_error_gives_line(tmp_path: Path) -> None:

@@ -6,8 +6,12 @@ import math
 
 import pytest
 import torch
+from open_clip.transformer import VisionTransformer as OpenClipViT
 
+from ablate.core.config.base import ConfigError
+from ablate.core.config.sections import ModelConfig
 from ablate.core.models import UnknownModelError, parameter_counts
+from ablate.core.models.build import _resize_images, build_model
 from ablate.core.models.factory import create_model, list_models
 
 
@@ -54,3 +58,19 @@ def test_registry_lists_mobileclip_family_and_rejects_unknown_names() -> None:
     assert {"mci-tiny", "mct-tiny", "mobileclip-tiny"} <= names
     with pytest.raises(UnknownModelError, match=r"tinyy.*available: .*tiny"):
         create_model("tinyy")
+
+
+def test_image_size_trains_a_model_below_its_native_resolution() -> None:
+    vit = build_model(ModelConfig(name="tiny", image_size=32))  # ViT 64 px / 8: position table resampled to 4x4
+    assert vit.inputs.image_size == 32 and vit.visual.pos_embed.shape[1] == 1 + 4 * 4
+    assert vit.encode_image(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
+    conv = build_model(ModelConfig(name="mobileclip-tiny", image_size=96))  # MCi-style convolutions: any size
+    assert conv.inputs.image_size == 96 and conv.encode_image(torch.zeros(2, 3, 96, 96)).shape == (2, 128)
+    assert build_model(ModelConfig(name="tiny")).inputs.image_size == 64  # unset: the model's own
+
+
+def test_image_size_is_refused_for_a_fixed_position_table() -> None:
+    model = build_model(ModelConfig(name="tiny"))
+    model.visual = OpenClipViT(image_size=64, patch_size=8, width=32, layers=1, heads=2, mlp_ratio=2, output_dim=128)
+    with pytest.raises(ConfigError, match=r"model\.image_size: tiny's image tower .* only its native 64 px, not 32"):
+        _resize_images(model, 32, "tiny")

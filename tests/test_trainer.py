@@ -139,3 +139,16 @@ def test_loader_workers_leave_slurm_checkpoint_signals_to_the_trainer() -> None:
         assert signal.getsignal(signal.SIGUSR2) not in (signal.SIG_IGN, signal.SIG_DFL)  # the trainer keeps its own
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_final_evaluation_can_be_turned_off(tmp_path: Path, shapes_root: Path) -> None:
+    """`eval.final: false`: the periodic evaluations run, the one after the last step does not; the run folder's
+    progress file (what `ablate launch`'s live table reads) holds the last step, loss and evaluation."""
+    overrides = {"train.steps": 6, "train.eval_every": 4, "train.log_every": 2, "tracking.enabled": False}
+    result = train(TrainConfig.model_validate(fast_config(tmp_path, shapes_root, overrides | {"eval.final": False})))
+    assert [step for step, _ in result.history] == [4]
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert (progress["step"], progress["total"], progress["eval_step"]) == (6, 6, 4)
+    assert progress["loss"] > 0 and progress["eval"] == result.history[0][1]
+    with_final = train(TrainConfig.model_validate(fast_config(tmp_path / "b", shapes_root, overrides)))
+    assert [step for step, _ in with_final.history] == [4, 6]

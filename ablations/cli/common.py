@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from ablate.core.config.base import ConfigError
-from ablate.core.models import UnknownModelError
 
 app = typer.Typer(
     add_completion=False,
@@ -33,7 +32,8 @@ console = Console()
 errors = Console(stderr=True)
 
 RUNS_ROOT = typer.Option(Path("runs"), help="where launched studies keep their files")
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError, UnknownModelError)
+# ConfigError covers core.models.UnknownModelError; importing nothing heavier keeps the CLI's start fast.
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError)
 
 
 MAX_ERROR_LINES, MAX_LINE_CHARS = 12, 400  # messages quote excerpts already; this bounds any that do not

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from ablate.ablations.cli.common import USER_ERRORS, app, console, fail
-from ablate.core.models import UnknownModelError
 
 
 @app.command()
@@ -18,6 +17,7 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """List the model factory's names: towers and parameter counts (also without the token embedding)."""
+    from ablate.core.models import UnknownModelError
     from ablate.core.models.factory import list_models
     from ablate.core.models.summary import model_summary
 

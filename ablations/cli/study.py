@@ -10,15 +10,21 @@ import typer
 from rich.table import Table
 
 from ablate.ablations.cli.common import RUNS_ROOT, USER_ERRORS, app, console, fail
+from ablate.analysis.formatting import number, params_text
 
 if TYPE_CHECKING:
     from ablate.ablations.scheduler import LaunchResult
+
+STATUS_EVERY = typer.Option(
+    30.0, "--status-every", min=1, help="seconds between status lines when the output is not a terminal (logs)"
+)
 
 
 @app.command()
 def launch(
     study: Path = typer.Argument(..., help="study YAML (see ablations/studies/)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and show the plan; run nothing"),
+    status_every: float = STATUS_EVERY,
 ) -> None:
     """Run (or continue) an Optuna study whose trials are submitit jobs logging to MLflow."""
     from ablate.ablations.plan import describe, plan_study
@@ -32,7 +38,7 @@ def launch(
                 # markup=False: plan lines quote the study file ("[int]", a description with "[/x]"), not rich markup
                 console.print(line, highlight=False, soft_wrap=True, markup=False)
             return
-        result = run_study(study, console)
+        result = run_study(study, console, status_every)
     except USER_ERRORS as err:
         fail(str(err))
     _print_outcomes(result)
@@ -43,8 +49,8 @@ def _print_outcomes(result: LaunchResult) -> None:
     metrics = [objective.metric for objective in spec.objectives]
     table = Table("configuration", "state", *metrics, "params", title=f"study {spec.name}: this launch")
     for outcome in result.outcomes:
-        values = [f"{v:.4f}" for v in outcome.values] if outcome.values else ["-"] * len(metrics)
-        table.add_row(outcome.label, outcome.state, *values, json.dumps(outcome.params, default=str))
+        values = [number(v) for v in outcome.values] if outcome.values else ["-"] * len(metrics)
+        table.add_row(outcome.label, outcome.state, *values, params_text(outcome.params))
     console.print(table)
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {spec.storage.mlflow}")
     console.print(f"Status:    ablate status {spec.name}    Report: ablate report {spec.name}")
@@ -54,6 +60,7 @@ def _print_outcomes(result: LaunchResult) -> None:
 def resume(
     name: str = typer.Argument(..., help="study name"),
     runs_root: Path = RUNS_ROOT,
+    status_every: float = STATUS_EVERY,
 ) -> None:
     """Continue a launched study from its recorded spec (same as launching its file again)."""
     from ablate.ablations.control import STUDY_RECORD, load_recorded_spec
@@ -61,7 +68,7 @@ def resume(
 
     try:
         load_recorded_spec(name, runs_root)
-        result = run_study(runs_root / name / STUDY_RECORD, console)
+        result = run_study(runs_root / name / STUDY_RECORD, console, status_every)
     except USER_ERRORS as err:
         fail(str(err))
     _print_outcomes(result)

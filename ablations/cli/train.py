@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ablate.ablations.cli.common import USER_ERRORS, app, console, fail
+from ablate.analysis.formatting import number
 
 
 @app.command()
@@ -18,17 +19,30 @@ def train(
     preset: str | None = typer.Option(None, help="a named recipe applied before --set, e.g. mobileclip"),
 ) -> None:
     """Train one model (resumes if its run_dir already holds a checkpoint)."""
+    # Said before each slow phase (torch's import alone takes seconds), so the command is never silent for long.
+    console.print("reading the config", style="dim")
     from ablate.core.config.loading import load_train_config
-    from ablate.core.teachers.bundled import prepare_inputs
-    from ablate.core.training.trainer import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         train_config = load_train_config(config, overrides, preset)
+        console.print(
+            f"{train_config.model.name}, {train_config.train.steps} steps, run folder {train_config.run_dir}: "
+            "loading torch and the models",
+            style="dim",
+            highlight=False,
+        )
+        from ablate.core.teachers.bundled import prepare_inputs
+        from ablate.core.training.inputs import unprepared_fields
+        from ablate.core.training.trainer import train as run_training
+
+        if unprepared := unprepared_fields(train_config):
+            console.print(f"preparing {', '.join(unprepared)} (bundled: built once into the cache)", style="dim")
         result = run_training(train_config, inputs=prepare_inputs(train_config, train_config.train.progress))
     except USER_ERRORS as err:
         fail(str(err))
-    table = Table("metric", "value", title=f"{result.steps} steps, run {result.run_id}")
+    tracked = f", MLflow run {result.run_id}" if result.run_id else ""
+    table = Table("metric", "value", title=f"{result.steps} steps{tracked}")
     for key, value in result.metrics.items():
-        table.add_row(key, f"{value:.4f}")
+        table.add_row(key, number(value))
     console.print(table)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ablate.core.config.base import ConfigError
 from ablate.core.models.clip import CLIP
 
 Builder = Callable[..., CLIP]
@@ -35,7 +36,7 @@ def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
     return decorate
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ConfigError):
     """Raised with the list of valid names, so `model.name: tinyy` is fixable from the message alone."""
 
 
