@@ -1,4 +1,5 @@
-# The two quick-start commands: `make demo` (the bundled quickstart study, then its report) and `make test`.
+# The two quick-start commands: `make demo` (the demo study: MobileCLIP recipe vs plain CLIP vs a compressed
+# student, then its report) and `make test`.
 # Each creates .venv on first use and installs the exact tested versions from constraints.txt.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -16,8 +17,8 @@ $(INSTALLED): pyproject.toml constraints.txt
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(BIN)/ablate launch ablations/studies/quickstart.yaml
-	HF_HUB_OFFLINE=1 $(BIN)/ablate report quickstart
+	HF_HUB_OFFLINE=1 $(BIN)/ablate launch ablations/studies/demo.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/ablate report demo
 
 test: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -29,4 +30,4 @@ format: $(INSTALLED)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf runs mlflow.db mlartifacts reports/quickstart
+	rm -rf runs mlflow.db mlartifacts reports/demo reports/quickstart

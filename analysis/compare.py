@@ -98,12 +98,14 @@ def compare_to_baseline(
     n_resamples: int = 10_000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per non-baseline value of `by`: n, mean, and the difference to the baseline's mean.
+    """One row per value of `by` outside the baseline: n, mean, and the difference to the baseline's mean.
 
     `runs` should hold finished runs only. `baseline` names the baseline (the `baseline` column); it may be
-    left out when the runs hold exactly one. `method="auto"` uses Welch when both groups have at least
-    three replicates, else the bootstrap. Comparisons with fewer than two replicates on either side have no
-    interval or p-value. `p_holm` adjusts the p-values across all configurations of the table.
+    left out when the runs hold exactly one. Other named baselines are compared like any configuration: a
+    study that runs plain CLIP beside the MobileCLIP recipe tests both its arms against the recipe.
+    `method="auto"` uses Welch when both groups have at least three replicates, else the bootstrap.
+    Comparisons with fewer than two replicates on either side have no interval or p-value.
+    `p_holm` adjusts the p-values across all configurations of the table.
     """
     if method not in ("auto", "welch", "bootstrap"):
         raise ValueError(f"method must be 'auto', 'welch' or 'bootstrap', got {method!r}")
@@ -118,7 +120,7 @@ def compare_to_baseline(
     if not len(reference):
         raise ValueError(f"no finished run of baseline {baseline!r} has a value for {metric!r}")
     rows = []
-    for key, group in valid[valid["baseline"].isna()].groupby(by, sort=False, dropna=False):
+    for key, group in valid[valid["baseline"] != baseline].groupby(by, sort=False, dropna=False):
         values = group[value].to_numpy(dtype=float)
         result = difference(values, reference, method, confidence, n_resamples, seed)
         rows.append(

@@ -52,6 +52,14 @@ class StudyData:
     def has_baseline(self) -> bool:
         return bool(self.done["baseline"].notna().any())
 
+    @property
+    def reference_baseline(self) -> str:
+        """The baseline every other configuration is compared to: the first one the study declares that has
+        finished runs (a spec rebuilt from tags has no order: then the first by name)."""
+        finished_names = set(self.done["baseline"].dropna())
+        declared = [name for name in (self.info.get("spec") or {}).get("baselines", {}) if name in finished_names]
+        return (declared or sorted(finished_names))[0]
+
 
 def load_study_data(study: str, tracking_uri: str) -> StudyData:
     return StudyData(study_info(study, tracking_uri), load_runs(study, tracking_uri))

@@ -25,7 +25,7 @@ def objective_results(data: StudyData, objective: dict[str, str], method: Method
     labels = done.groupby("config_hash", dropna=False)["configuration"].first()
     summary.insert(0, "configuration", summary["config_hash"].map(labels))
     if data.has_baseline:
-        baseline = sorted(done["baseline"].dropna().unique())[0]
+        baseline = data.reference_baseline
         comparison = compare_to_baseline(done, objective["metric"], baseline, method=method)
         summary = summary.merge(comparison[["config_hash", *COMPARISON_COLUMNS]], on="config_hash", how="left")
         summary.attrs["baseline"] = baseline

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,62 @@ def test_report_html_renders_with_its_figures(tmp_path):
     assert non_white > 0.03, non_white
     assert coloured > 0.005, coloured  # plot markers, lines and heatmap cells, not just black text
     assert colours > 200, colours
+
+
+class _Tables(HTMLParser):
+    """Every `<table>` of a page as rows of cell texts (header cells included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self.tables and self.tables[-1]:
+            self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_report_page_shows_each_configuration_against_the_baseline(tmp_path):
+    """The results table as Chromium renders it (its DOM after layout, not the file's text): every
+    configuration's mean with its 95% CI, its difference to the `mobileclip` baseline with an interval,
+    and the raw and Holm-adjusted p-values; the baseline's own row has a mean and CI but no difference."""
+    _, out_dir = rich_report()
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}"]
+    dom = subprocess.run(
+        [*command, "--dump-dom", (out_dir / "report.html").as_uri()],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    parser = _Tables()
+    parser.feed(dom)
+    delta = "Δ vs mobileclip [95% CI]"
+    results = [table for table in parser.tables if table and delta in table[0]]
+    assert results, "no results table with a baseline comparison in the rendered page"
+    header, *rows = results[0]
+    assert {"mean ± 95% CI", "p", "p (Holm)", "test"} <= set(header), header
+    by_name = {row[header.index("configuration")]: row for row in rows}
+    assert by_name["mobileclip"][header.index(delta)] == ""  # the baseline is not compared to itself
+    compared = [row for name, row in by_name.items() if name != "mobileclip"]
+    assert len(compared) == 3
+    for row in compared:
+        assert re.fullmatch(r"[-+−]?\d\S* \[[-+−]?\d\S*, [-+−]?\d\S*\]", row[header.index(delta)]), row
+        assert re.search(r"\d", row[header.index("p (Holm)")]), row
+        assert "±" in row[header.index("mean ± 95% CI")], row
 
 
 @pytest.fixture

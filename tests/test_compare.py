@@ -182,3 +182,26 @@ def test_param_importances_from_a_journal_storage(tmp_path):
     assert "9 complete" in importances.note
     assert importances.table["m"].sum() == pytest.approx(1.0)
     assert importances.table.loc["y", "m"] > 0.9 > importances.table.loc["x", "m"]
+
+
+def test_a_second_baseline_is_compared_to_the_first_declared_one():
+    """`make demo` runs plain CLIP as a second baseline beside the MobileCLIP recipe: both it and the trials are
+    tested against the recipe (the first baseline the spec declares, though `clip` sorts first), and Holm
+    adjusts across all of them."""
+    from ablate.analysis.study_data import StudyData
+
+    rows = [("mobileclip", "m", v) for v in (0.50, 0.52, 0.54)]
+    rows += [("clip", "c", v) for v in (0.40, 0.43, 0.41)]
+    rows += [(None, "t", v) for v in (0.49, 0.53, 0.50)]
+    done = pd.DataFrame(rows, columns=["baseline", "config_hash", f"metric.{OBJECTIVE}"]).assign(state="finished")
+    table = compare_to_baseline(done, OBJECTIVE, "mobileclip").set_index("config_hash")
+    assert sorted(table.index) == ["c", "t"]  # the reference is never compared to itself
+    recipe = [0.50, 0.52, 0.54]
+    expected = stats.ttest_ind([0.40, 0.43, 0.41], recipe, equal_var=False)
+    assert table.loc["c", "diff"] == pytest.approx(np.mean([0.40, 0.43, 0.41]) - 0.52)
+    assert table.loc["c", "p_value"] == pytest.approx(expected.pvalue)
+    assert table["p_holm"].to_numpy() == pytest.approx(holm(table["p_value"]))
+
+    spec = {"baselines": {"mobileclip": {}, "clip": {}}}
+    assert StudyData({"spec": spec}, done).reference_baseline == "mobileclip"
+    assert StudyData({"spec": {}}, done).reference_baseline == "clip"  # no declared order: by name

@@ -13,14 +13,17 @@ from ablate.core.config.base import ConfigError
 
 @teachers_app.command("train")
 def teachers_train(
-    steps: int | None = typer.Option(None, help="training steps per teacher (default: the bundled recipe's)"),
+    steps: int | None = typer.Option(None, help="training steps per teacher (default: the recipe's)"),
+    recipe_name: str = typer.Option("bundled", "--recipe", help="bundled (2 small, ~25 min each) | demo (make demo's)"),
 ) -> None:
     """Train the bundled benchmark's teacher ensemble on clean captions (cached; later commands reuse it)."""
     from dataclasses import replace
 
-    from ablate.core.teachers.bundled import BUNDLED_RECIPE, teacher_metrics, train_teachers
+    from ablate.core.teachers.bundled import RECIPES, teacher_metrics, train_teachers
 
-    recipe = replace(BUNDLED_RECIPE, steps=steps) if steps else BUNDLED_RECIPE
+    if recipe_name not in RECIPES:
+        fail(f"--recipe: unknown recipe {recipe_name!r} (known: {', '.join(RECIPES)})")
+    recipe = replace(RECIPES[recipe_name], steps=steps) if steps else RECIPES[recipe_name]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         specs = train_teachers(recipe)

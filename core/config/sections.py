@@ -180,6 +180,11 @@ class OptimConfig(StrictModel):
         None, ge=0, lt=1, description="warmup as a fraction of train.steps; overrides warmup_steps (presets scale)"
     )
     min_lr_ratio: float | None = Field(None, ge=0, le=1, description="min_lr as a fraction of lr; overrides min_lr")
+    schedule_per_stage: Literal["restart", "continuous"] = Field(
+        "restart",
+        description="with compression stages: restart = warmup + cosine within each stage (TinyCLIP runs every stage "
+        "as its own run, papers.md §2.3); continuous = one warmup + cosine over the whole run",
+    )
 
     def warmup_for(self, total_steps: int) -> int:
         return round(self.warmup_fraction * total_steps) if self.warmup_fraction is not None else self.warmup_steps
@@ -189,6 +194,26 @@ class OptimConfig(StrictModel):
         return self.lr * self.min_lr_ratio if self.min_lr_ratio is not None else self.min_lr
 
     grad_clip_norm: float | None = Field(1.0, gt=0)
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="decay of an exponential moving average of the weights, evaluated and saved beside them "
+        "(MobileCLIP Tab 12: 0.9995); None: off",
+    )
+    ema_horizon_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="the EMA's horizon 1/(1 - decay) as a fraction of train.steps; overrides ema (presets scale: "
+        "0.9995 over MobileCLIP's 200k iterations is 2000 steps, 1%)",
+    )
+
+    def ema_decay_for(self, total_steps: int) -> float | None:
+        """The per-step EMA decay of a run of `total_steps` (None: no EMA)."""
+        if self.ema_horizon_fraction is not None:
+            return 1 - 1 / max(1.0, self.ema_horizon_fraction * total_steps)
+        return self.ema
 
 
 class TrainLoopConfig(StrictModel):
@@ -326,6 +351,14 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"compression.stages last {compression.total_steps} steps in all but train.steps is {self.train.steps}"
             )
+        restart = self.optim.schedule_per_stage == "restart"
+        for index, stage in enumerate(compression.stages):
+            if restart and self.optim.warmup_for(stage.steps) >= stage.steps:
+                raise ValueError(
+                    f"optim.warmup_steps ({self.optim.warmup_for(stage.steps)}) must be smaller than "
+                    f"compression.stages[{index}].steps ({stage.steps}): optim.schedule_per_stage 'restart' warms up "
+                    "again in every stage ('continuous' warms up once)"
+                )
         if self.loss.lambda_ == 0 or self.loss.alpha == 0:
             raise ValueError(
                 f"compression needs loss.lambda > 0 and loss.alpha > 0: the sparsity loss is weighted by λ·α "

@@ -52,6 +52,12 @@ class TeacherRecipe:
 
 
 BUNDLED_RECIPE = TeacherRecipe()
+# `make demo`'s teacher (`teachers.recipe: demo`): the whole demo must fit ~12 minutes on 2 cores, so one `tiny`
+# teacher trained on the clean captions of the demo's own 4000-image benchmark, with twice the student's batch
+# (2 threads: nothing else runs yet) for 3x its steps: its edge over the student is data (clean captions only)
+# and compute (6x the samples), not size, which also lets the compressed arm inherit it by `inherit: auto`.
+DEMO_RECIPE = TeacherRecipe(models=("tiny",), steps=300, batch_size=128, lr=2e-3, data_train=4000, data_val=1000)
+RECIPES = {"bundled": BUNDLED_RECIPE, "demo": DEMO_RECIPE}  # the values of TeachersConfig.recipe
 BUNDLED_REINFORCEMENT = ReinforceSettings(augmentations=2, synthetic_captions=None, embedding_format="pth.gz")
 
 
@@ -122,12 +128,12 @@ def teacher_metrics(recipe: TeacherRecipe = BUNDLED_RECIPE) -> list[dict[str, fl
     return [json.loads(path.read_text())["metrics"] for path in results if path.is_file()]
 
 
-def bundled_reinforcement(data: DataConfig, progress: bool = True) -> Path:
-    """The bundled teachers' reinforcement of the benchmark `data` describes, built on first use."""
+def bundled_reinforcement(data: DataConfig, progress: bool = True, recipe: TeacherRecipe = BUNDLED_RECIPE) -> Path:
+    """The reinforcement of the benchmark `data` describes by `recipe`'s teachers, built on first use."""
     source = resolve_data_root(data)
-    teachers = train_teachers(progress=progress)
+    teachers = train_teachers(recipe=recipe, progress=progress)
     key = hashlib.sha256(
-        json.dumps([str(source.resolve()), BUNDLED_RECIPE.key(), asdict(BUNDLED_REINFORCEMENT)]).encode()
+        json.dumps([str(source.resolve()), recipe.key(), asdict(BUNDLED_REINFORCEMENT)]).encode()
     ).hexdigest()[:12]
     out = cache_dir() / "reinforced" / f"{source.name}-{key}"
     info = read_info(out)
@@ -148,9 +154,10 @@ def prepare_inputs(config: TrainConfig, progress: bool = True) -> RunInputs:
         return direct_inputs(config)
     inherit_from = inheritance_of(config)  # before any teacher is trained: a contradiction fails in seconds
     explicit = direct_inputs(_without_bundled(config))
-    teachers = train_teachers(progress=progress) if unprepared - {"data.reinforcement"} else []
+    recipe = RECIPES[config.teachers.recipe]
+    teachers = train_teachers(recipe=recipe, progress=progress) if unprepared - {"data.reinforcement"} else []
     return RunInputs(
-        reinforcement=bundled_reinforcement(config.data, progress)
+        reinforcement=bundled_reinforcement(config.data, progress, recipe)
         if "data.reinforcement" in unprepared
         else explicit.reinforcement,
         teachers=teachers if "teachers.members" in unprepared else explicit.teachers,
@@ -165,9 +172,10 @@ def inheritance_of(config: TrainConfig) -> TeacherSpec | None:
     if compression is None or compression.teacher_checkpoint != "bundled":
         return explicit_inheritance(config)
     named = compression.teacher_model is not None
+    recipe = RECIPES[config.teachers.recipe]
     source = TeacherSpec(
-        model=compression.teacher_model or BUNDLED_RECIPE.models[0],
-        checkpoint=str(_teacher_run_dir(BUNDLED_RECIPE, 0)),
+        model=compression.teacher_model or recipe.models[0],
+        checkpoint=str(_teacher_run_dir(recipe, 0)),
     )
     check_auto_inheritance(config, source, "compression.teacher_model" if named else "the bundled teacher 0")
     return source
