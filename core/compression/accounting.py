@@ -9,6 +9,9 @@ fixed 4h²+4h / 2hI+h+I to the parameters each layer really has (biases or not, 
   without: R = Σ_l ΣP_head,l·head charge_l + Σ_l ΣP_int,l·unit charge_l. An unmasked kind has P = 1.
 - Joint over towers: p = 1 − ΣR / ΣM_ref, where M_ref is the prunable size of the stage-0 (uncompressed) model so
   that stage targets (0.25 → 0.5 → 0.75) are fractions of the original, as in TinyCLIP's multi-stage runs.
+- One definition of sparsity: p, q and the realised sparsity (1 − actual / actual_ref) all count the prunable
+  parameters of the masked kinds only (attention when heads or hidden dims are masked, FFNs when units or hidden
+  dims are); whole-model sizes are the separate `model/params_*` counts.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ablate.core.compression.structure import AttentionLayer, MlpLayer, TowerStructure
+from ablate.core.compression.structure import MASK_KINDS, AttentionLayer, MlpLayer, TowerStructure
 
 ProbabilityLookup = Callable[[str, str], torch.Tensor | None]  # (kind, layer path) -> P(z≠0) row, None = unmasked
 
@@ -42,9 +45,13 @@ def prunable_size(structure: TowerStructure, kinds: Collection[str]) -> int:
     return size
 
 
-def actual_prunable_parameters(structure: TowerStructure) -> int:
-    """Parameters really held by the tower's attention projections and FFNs (for realised sparsity)."""
-    return sum(layer.parameters for layer in (*structure.attention, *structure.mlp))
+def actual_prunable_parameters(structure: TowerStructure, kinds: Collection[str]) -> int:
+    """Parameters really held by the layers the masks of `kinds` can shrink (for realised sparsity): the same
+    layers `prunable_size` charges, so p, q and the realised sparsity are fractions of one set of parameters."""
+    attention = "heads" in kinds or "hidden" in kinds
+    mlp = "intermediate" in kinds or "hidden" in kinds
+    layers = [*(structure.attention if attention else ()), *(structure.mlp if mlp else ())]
+    return sum(layer.parameters for layer in layers)
 
 
 def expected_remaining(structure: TowerStructure, kinds: Collection[str], probs: ProbabilityLookup) -> torch.Tensor:
@@ -74,10 +81,12 @@ def expected_remaining(structure: TowerStructure, kinds: Collection[str], probs:
 
 @dataclass(frozen=True)
 class ReferenceSize:
-    """One tower's sizes in the uncompressed (stage-0) model: charged prunable size M and actual parameters."""
+    """One tower's sizes in the uncompressed (stage-0) model: charged prunable size M and the actual parameters
+    of the same layers, for the masked `kinds` (checkpoints written before kinds were recorded counted all)."""
 
     prunable: int
     actual: int
+    kinds: tuple[str, ...] = MASK_KINDS
 
 
 def count_parameters(module: nn.Module) -> int:

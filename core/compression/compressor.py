@@ -48,7 +48,9 @@ def reference_sizes(model: nn.Module, config: CompressionConfig) -> dict[str, Re
     """The stage-0 sizes every stage's p is measured against; computed from the uncompressed model."""
     masks = mask_kinds(model, config)
     return {
-        name: ReferenceSize(prunable_size(structure, masks[name]), actual_prunable_parameters(structure))
+        name: ReferenceSize(
+            prunable_size(structure, masks[name]), actual_prunable_parameters(structure, masks[name]), masks[name]
+        )
         for name, structure in tower_structures(model, tuple(masks)).items()
     }
 
@@ -70,11 +72,16 @@ def apply_prune_record(model: nn.Module, record: dict[str, dict[str, object]]) -
 
 
 def realised_counts(model: nn.Module, reference: dict[str, ReferenceSize]) -> dict[str, float]:
-    """Parameters of the (pruned) model and the realised sparsity of the masked towers' prunable parameters."""
+    """Parameters of the (pruned) model: per tower (image, text without token embedding, total), the prunable
+    parameters of the masked kinds now (`prunable`) and in the original model (`prunable_original`), and
+    `realised_sparsity` = 1 − prunable / prunable_original, the quantity p estimates and q targets."""
     counts: dict[str, float] = dict(tower_parameters(model))
-    actual = sum(actual_prunable_parameters(s) for s in tower_structures(model, tuple(reference)).values())
+    structures = tower_structures(model, tuple(reference))
+    actual = sum(actual_prunable_parameters(structures[name], size.kinds) for name, size in reference.items())
+    original = sum(size.actual for size in reference.values())
     counts["prunable"] = actual
-    counts["realised_sparsity"] = 1.0 - actual / sum(size.actual for size in reference.values())
+    counts["prunable_original"] = original
+    counts["realised_sparsity"] = 1.0 - actual / original
     return counts
 
 
@@ -165,7 +172,7 @@ class Compressor(nn.Module):
         return [
             {
                 "params": [gate.log_alpha for gate in self.gates],
-                "lr": self.config.resolved("mask_lr"),
+                "lr": self.config.mask_lr_for(self.stage_plan.index),
                 "weight_decay": 0.0,
                 "name": "compression/log_alpha",
                 "constant_lr": True,
@@ -233,12 +240,13 @@ class Compressor(nn.Module):
 
     @torch.no_grad()
     def log_metrics(self) -> dict[str, float]:
-        """Kept heads / units / hidden dims per layer under the deterministic masks, p, λ1, λ2."""
+        """Kept heads / units / hidden dims per layer under the deterministic masks, p, λ1, λ2, the mask LR."""
         metrics: dict[str, float] = {}
         for (tower, kind, path), gate in self._gate_of.items():
             key = f"compression/{tower}/hidden_kept" if kind == "hidden" else f"compression/{tower}/{path}/{kind}_kept"
             metrics[key] = float(gate.deterministic().count_nonzero())
         metrics["compression/expected_sparsity"] = float(self.expected_sparsity())
+        metrics["compression/mask_lr"] = self.config.mask_lr_for(self.stage_plan.index)  # `auto` as realised
         metrics["compression/lambda1"] = float(self.lambda1)
         metrics["compression/lambda2"] = float(self.lambda2)
         return metrics
@@ -258,6 +266,7 @@ class Compressor(nn.Module):
         counts = realised_counts(dense, self.reference)
         counts["expected_sparsity"] = expected
         counts["target_sparsity"] = self.stage_plan.q_target
+        counts["mask_lr"] = self.config.mask_lr_for(self.stage_plan.index)
         return dense, PruneResult({name: plan.record() for name, plan in plans.items()}, counts)
 
     # --- checkpoints ------------------------------------------------------------------------------------------

@@ -89,7 +89,10 @@ class CompressionStages:
         state = extra.get("compression")
         if state is None:
             return model
-        self.reference = {name: ReferenceSize(*sizes) for name, sizes in state["reference"].items()}
+        self.reference = {  # [prunable, actual, kinds]; without kinds (older checkpoints) actual counted all kinds
+            name: ReferenceSize(sizes[0], sizes[1], *(tuple(kinds) for kinds in sizes[2:]))
+            for name, sizes in state["reference"].items()
+        }
         self.records = list(state["records"])
         for record in self.records:
             apply_prune_record(model, record)
@@ -121,13 +124,16 @@ class CompressionStages:
         if self.compressor is not None:
             self.compressor.after_optimizer_step()
 
+    def prune_due(self, done: int) -> bool:
+        """Whether `done` steps end the current mask phase (what is pruned alongside the student, e.g. its
+        weight average, is pruned by `self.compressor` before `prune_if_due`)."""
+        return self.compressor is not None and done == self.plan_at(done - 1).prune_step
+
     def prune_if_due(self, done: int) -> Pruned | None:
         """After `done` steps: prune-to-dense if that ended the current mask phase."""
-        if self.compressor is None:
+        if not self.prune_due(done):
             return None
         plan = self.plan_at(done - 1)
-        if done != plan.prune_step:
-            return None
         dense, result = self.compressor.prune()
         self.compressor.detach()
         self.compressor = None
@@ -150,11 +156,23 @@ class CompressionStages:
             return None
         return realised_counts(model, self.reference)["realised_sparsity"]
 
+    def tags(self) -> dict[str, str]:
+        """What the run's sparsity numbers count, for readers of its tracking record (after `begin_step`)."""
+        assert self.reference is not None
+        kinds = ", ".join(f"{tower}: {'+'.join(size.kinds)}" for tower, size in self.reference.items())
+        return {
+            "ablate.sparsity": "p (compression/expected_sparsity), q (compression/target_sparsity) and "
+            "compression/realised_sparsity: fraction of the original student's prunable parameters of the masked "
+            f"kinds ({kinds}) removed; model/params_*: whole-model parameter counts"
+        }
+
     def extra_state(self) -> dict:
         assert self.reference is not None
         return {
             "compression": {
-                "reference": {name: [size.prunable, size.actual] for name, size in self.reference.items()},
+                "reference": {
+                    name: [size.prunable, size.actual, list(size.kinds)] for name, size in self.reference.items()
+                },
                 "records": self.records,
                 "compressor": self.compressor.state_dict() if self.compressor is not None else None,
             }

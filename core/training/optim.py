@@ -1,4 +1,5 @@
-"""AdamW parameter groups and the warmup + cosine learning-rate schedule of open_clip's `cosine_lr`."""
+"""AdamW parameter groups and the warmup + cosine learning-rate schedule of open_clip's `cosine_lr`, over the
+whole run or restarted in every compression stage (`optim.schedule_per_stage`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablate.core.config.sections import OptimConfig
+from ablate.core.config.sections import OptimConfig, TrainConfig
 from ablate.core.training.fast_paths import adamw_kernel_options, resolve_optimizer_implementation
 
 
@@ -45,6 +46,28 @@ def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
         return config.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule_window(step: int, config: TrainConfig) -> tuple[int, int]:
+    """(`step` within its LR schedule, that schedule's length): the whole run, or under `optim.schedule_per_stage:
+    restart` the compression stage `step` falls in, each stage warming up and decaying on its own as TinyCLIP's
+    stages, which are separate runs (papers.md §2.3). A pure function of the step: resumes stay exact."""
+    compression = config.compression
+    if compression is None or config.optim.schedule_per_stage == "continuous":
+        return step, config.train.steps
+    plan = compression.stage_at(step)
+    return step - plan.start_step, plan.end_step - plan.start_step
+
+
+def run_learning_rate(step: int, config: TrainConfig) -> float:
+    """The model's LR at global `step` of the run `config` describes (stages and `schedule_per_stage` included)."""
+    return learning_rate(*schedule_window(step, config), config.optim)
+
+
+def schedule_tag(config: TrainConfig) -> str:
+    """Which LR schedule a run used, for its tracking record: `restart` or `continuous` over compression stages,
+    `single` for a run without compression (the two are the same there)."""
+    return config.optim.schedule_per_stage if config.compression is not None else "single"
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -7,6 +7,7 @@ continues from it, bit-exactly on CPU (see checkpoint.py and data/sampler.py for
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -36,10 +37,11 @@ from ablate.core.quality.store import QUALITY_FILE, compute_quality, select_uids
 from ablate.core.teachers.ensemble import TeacherEnsemble
 from ablate.core.training.checkpoint import checkpoint_extra, latest_checkpoint, load_checkpoint, save_checkpoint
 from ablate.core.training.distributed import ProcessGroup
+from ablate.core.training.ema import WeightAverage
 from ablate.core.training.fast_paths import DataWaitClock, TrainStep
 from ablate.core.training.inputs import RunInputs, direct_inputs
 from ablate.core.training.objective import TeacherSource, compute_loss
-from ablate.core.training.optim import build_optimizer, learning_rate, set_learning_rate
+from ablate.core.training.optim import build_optimizer, run_learning_rate, schedule_tag, set_learning_rate
 from ablate.core.training.progress import RunProgress
 from ablate.core.training.runtime import configure_threads, ignore_job_signals, resolve_device, seed_everything
 from ablate.core.training.tracking import RunTracker
@@ -119,8 +121,11 @@ class Trainer:
         step = int(checkpoint.step) if checkpoint else 0
         groups = self.stages.begin_step(self.model, step) if self.stages else None
         self.optimizer = build_optimizer(self.model, config.optim, groups or (), kernel=config.train.optimizer_kernel)
+        self.ema = WeightAverage.for_run(self.model, config.optim, config.train.steps)  # None: optim.ema off
         restored = (
-            load_checkpoint(checkpoint.path, self.model, self.optimizer, self.step.scaler) if checkpoint else (0, 0.0)
+            load_checkpoint(checkpoint.path, self.model, self.optimizer, self.step.scaler, self.ema)
+            if checkpoint
+            else (0, 0.0)
         )
         if self.stages is not None:
             self.stages.load_compressor_state(extra)
@@ -195,6 +200,9 @@ class Trainer:
                 self.run_metrics["compression/realised_sparsity"] = realised
             if self.tracker and not self.resumed:
                 self.tracker.log_metrics(self.run_metrics | self.data_metrics | {"system/threads": self.threads}, 0)
+                # what reports need to read the numbers: the LR schedule used, what the sparsities count
+                tags = {"ablate.lr_schedule": schedule_tag(self.config)}
+                self.tracker.set_tags(tags | (self.stages.tags() if self.stages else {}))
             log.info(
                 "run %s: %s from step %d/%d on %s with %d threads",
                 run_id or "(untracked)",
@@ -254,7 +262,7 @@ class Trainer:
             for step, batch in enumerate(clock.wrap(self.loader), start=self.start_step):
                 model, optimizer = self.model, self.optimizer  # both are replaced when a stage prunes
                 sparsity = self._begin_stage_step(step)
-                lr = learning_rate(step, settings.steps, config.optim)
+                lr = run_learning_rate(step, config)  # restarted in every compression stage unless `continuous`
                 set_learning_rate(optimizer, lr)
                 batch = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
                 terms = self.step(  # autocast, (accumulated) backward, clip (model parameters only), step
@@ -264,6 +272,8 @@ class Trainer:
                     lambda m, b, s=sparsity: compute_loss(m, b, config.loss, self.teachers, s, self.group),
                 )
                 model.clamp_logit_scale()
+                if self.ema is not None:
+                    self.ema.update(model)
                 for name, value in terms.items():
                     window_sums[name] = window_sums.get(name, 0) + value.detach()
                 window_steps += 1
@@ -328,6 +338,8 @@ class Trainer:
             return {}
         self.stages.after_optimizer_step()
         metrics = self.stages.metrics(step) if log_due else {}
+        if self.ema is not None and self.stages.prune_due(step + 1):  # the average follows the student's prune
+            self.ema.prune_with(self.stages.compressor, self.model)
         pruned = self.stages.prune_if_due(step + 1)
         if pruned is not None:
             self._adopt_pruned(pruned, step + 1)
@@ -362,7 +374,8 @@ class Trainer:
         """Evaluate, log, and ask the callbacks whether to stop (rank 0; the other ranks wait for its answer)."""
         if not self.group.is_main:
             return self.group.agree(False)
-        metrics = self.evaluator(self.model, self.device, bf16)
+        with self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext():
+            metrics = self.evaluator(self.model, self.device, bf16)  # the averaged weights when optim.ema is on
         result.metrics = self.run_metrics | metrics
         result.history.append((step, metrics))
         if self.tracker:
@@ -383,4 +396,5 @@ class Trainer:
             self._compute_seconds(),
             self.stages.extra_state() if self.stages is not None else None,
             self.step.scaler,
+            self.ema,
         )
