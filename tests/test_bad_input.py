@@ -314,3 +314,14 @@ def test_config_only_checks_run_before_any_data_or_teacher_is_built(
         code, output = run_cli("train", *[arg for item in overrides for arg in ("--set", item)])
         assert code == 2, output
         assert "data.reinforcement" in output or "data.root" in output
+
+
+def test_path_problems_and_bad_uris_in_other_verbs_are_user_errors(tmp_path: Path) -> None:
+    """`data shapes --out FILE` raised NotADirectoryError; `report --tracking-uri htp://x` reached MLflow."""
+    afile = write(tmp_path, "afile", "x")
+    code, output = run_cli("data", "shapes", "--out", str(afile), "--train", "4", "--val", "4")
+    assert code == 2 and "Not a directory" in output
+    code, output = run_cli("report", "nosuch", "--tracking-uri", "htp://x", "--runs-root", str(tmp_path))
+    assert code == 2 and "--tracking-uri htp://x: unknown scheme 'htp'" in output
+    code, output = run_cli("status", "nosuch", "--runs-root", str(tmp_path))
+    assert code == 2 and "nosuch" in output

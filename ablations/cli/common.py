@@ -33,7 +33,15 @@ errors = Console(stderr=True)
 
 RUNS_ROOT = typer.Option(Path("runs"), help="where launched studies keep their files")
 # ConfigError covers core.models.UnknownModelError; importing nothing heavier keeps the CLI's start fast.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FileNotFoundError)
+# Path problems are the user's too: a file where a folder goes, a folder that may not be written.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FileExistsError,
+)
 
 
 MAX_ERROR_LINES, MAX_LINE_CHARS = 12, 400  # messages quote excerpts already; this bounds any that do not

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ablate.ablations.cli.common import RUNS_ROOT, USER_ERRORS, app, console, fail
 from ablate.analysis.formatting import number, params_text
+from ablate.core.config.base import ConfigError
 
 if TYPE_CHECKING:
     from ablate.ablations.scheduler import LaunchResult
@@ -144,10 +145,17 @@ def report(
     from ablate.analysis.comparison_report import build_comparison_report
     from ablate.analysis.report import ReportError, build_report
     from ablate.analysis.runs import StudyNotFoundError
+    from ablate.core.config.uris import check_tracking_uri
 
-    launched = (runs_root / name / STUDY_RECORD).is_file()
-    uri = tracking_uri or (load_recorded_spec(name, runs_root).storage.mlflow if launched else "sqlite:///mlflow.db")
     try:
+        try:
+            check_tracking_uri(tracking_uri or "sqlite:///mlflow.db")
+        except ValueError as err:
+            raise ConfigError(f"--tracking-uri {tracking_uri}: {err}") from None
+        launched = (runs_root / name / STUDY_RECORD).is_file()
+        uri = tracking_uri or (
+            load_recorded_spec(name, runs_root).storage.mlflow if launched else "sqlite:///mlflow.db"
+        )
         if compare:
             notebook = build_comparison_report(
                 [name, compare], uri, out or Path("reports") / f"compare_{name}_vs_{compare}"
