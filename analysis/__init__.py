@@ -22,7 +22,7 @@ from ablate.analysis.runs import StudyNotFoundError, finished, load_runs, metric
 from ablate.analysis.stats import format_mean_ci, summarise, summarise_metrics, varied_params
 from ablate.analysis.study_data import StudyData, load_study_data
 from ablate.analysis.summary import header_markdown, reproduce_markdown, summary_markdown
-from ablate.analysis.tables import final_metrics_table, objective_results, results_table, trials_table
+from ablate.analysis.tables import cost_table, final_metrics_table, objective_results, results_table, trials_table
 
 __all__ = [
     "MOBILECLIP_LAMBDA_FLICKR",
@@ -42,6 +42,7 @@ __all__ = [
     "comparison_table",
     "config_label",
     "config_labels",
+    "cost_table",
     "difference",
     "final_metrics_table",
     "finished",

@@ -9,6 +9,7 @@ import pandas as pd
 from ablate.analysis.compare import COMPARISON_COLUMNS, Method, compare_to_baseline
 from ablate.analysis.pareto import pareto_front
 from ablate.analysis.plots import axis_label
+from ablate.analysis.result_plots import realised_sparsity
 from ablate.analysis.runs import metric_column, metric_columns, metric_name
 from ablate.analysis.stats import format_mean_ci, summarise, summarise_metrics
 from ablate.analysis.study_data import StudyData
@@ -98,3 +99,25 @@ def final_metrics_table(data: StudyData) -> pd.DataFrame:
     columns = metric_columns(data.done, "eval/")
     table = data.done.assign(configuration=data.labels).groupby("configuration")[columns].mean()
     return table.rename(columns=metric_name)
+
+
+COST_METRICS = {
+    "efficiency/params_total": "parameters",
+    "efficiency/macs_total": "MACs",
+    "efficiency/latency_image_ms": "image latency (ms)",
+    "efficiency/latency_text_ms": "text latency (ms)",
+}
+
+
+def cost_table(data: StudyData) -> pd.DataFrame | None:
+    """What each configuration costs at inference, mean over finished replicates: parameters, MACs and CPU
+    latency of the final (pruned, reparameterised) model, and for compressed runs the realised sparsity, so
+    that an accuracy difference can be read against the parameters and time it buys. None if none logged."""
+    done = data.done.assign(configuration=data.labels)
+    columns = {metric_column(m): name for m, name in COST_METRICS.items() if metric_column(m) in done}
+    sparsity = realised_sparsity(done)
+    if sparsity is not None:
+        done, columns = done.assign(_sparsity=sparsity), {**columns, "_sparsity": sparsity.name}
+    if not columns:
+        return None
+    return done.groupby("configuration")[list(columns)].mean().rename(columns=columns)

@@ -213,3 +213,20 @@ def test_comparison_report_puts_two_studies_side_by_side(tmp_path):
         build_comparison_report(["alpha", "alpha"], first.tracking_uri, tmp_path / "again")
     with pytest.raises(StudyNotFoundError, match="gamma"):
         build_comparison_report(["alpha", "gamma"], first.tracking_uri, tmp_path / "again")
+
+
+def test_cost_table_shows_each_configurations_realised_sparsity():
+    """The report's Cost section: every model of the synthetic study is pruned to 1e6 parameters from
+    1e6 (i + 1) (configuration i) or 2.5e6 (the baseline), so the realised sparsity is 1 - 1/(i + 1) or 0.6."""
+    from ablate.analysis import cost_table, load_study_data
+
+    study, out_dir = rich_report()
+    data = load_study_data(study.study, study.tracking_uri)
+    table = cost_table(data)
+    labels = data.done.assign(label=data.labels).groupby("config_hash")["label"].first()
+    sparsity = table["realised sparsity"]
+    assert sparsity[labels[study.config_hashes[0]]] == pytest.approx(0.0)
+    assert sparsity[labels[study.config_hashes[2]]] == pytest.approx(2 / 3)
+    assert sparsity["mobileclip"] == pytest.approx(0.6)
+    text_only = html_module.unescape(re.sub(r"<[^>]+>", "", (out_dir / "report.html").read_text()))
+    assert "Cost" in text_only and "realised sparsity" in text_only

@@ -16,6 +16,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from ablate.analysis import (
+    cost_table,
     final_metrics_table,
     header_markdown,
     load_study_data,
@@ -84,6 +85,17 @@ for figure in plan_figures(data):
 
 # %%
 display(final_metrics_table(data))
+
+# %% [markdown]
+# ## Cost
+#
+# What each configuration costs at inference (mean over finished replicates): parameters, MACs and CPU latency
+# at batch 1 of the final model (pruned and reparameterised), and the realised sparsity of compressed runs
+# (1 − realised / dense parameters). Shown only when the runs logged them.
+
+# %%
+costs = cost_table(data)
+display(costs if costs is not None else Markdown("_No efficiency or compression metrics were logged._"))
 
 # %% [markdown]
 # ## Trials
