@@ -281,3 +281,19 @@ def test_a_base_text_tower_maps_onto_an_mct_student_and_reports_the_rest(tmp_pat
     assert {key.split(".")[2] for key in report.missing} == {"0", "3"}  # text.blocks.0/3: the Text-RepMixers
     assert report.unexpected and all(key.startswith("text.transformer.resblocks.2.") for key in report.unexpected)
     assert "open_clip layer 1 -> block 2" in report.summary()
+
+
+def test_ablate_models_describes_any_open_clip_architecture() -> None:
+    """`ablate models ViT-L-14` (not in our registry): built on the meta device, its published sizes."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ablate.ablations.cli import app
+
+    done = CliRunner().invoke(app, ["models", "ViT-L-14", "--json"])
+    assert done.exit_code == 0, done.output
+    (row,) = json.loads(done.output)
+    assert row["image"] == pytest.approx(303.97e6, rel=1e-3) and row["text"] == pytest.approx(123.65e6, rel=1e-3)
+    unknown = CliRunner().invoke(app, ["models", "ViT-S-33"])
+    assert unknown.exit_code == 2 and "unknown model 'ViT-S-33'" in unknown.output

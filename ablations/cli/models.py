@@ -16,14 +16,17 @@ def models(
     name: str | None = typer.Argument(None, help="one model; omitted: all"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """List the model factory's names: towers and parameter counts (also without the token embedding)."""
-    from ablate.core.models import UnknownModelError
-    from ablate.core.models.factory import list_models
+    """List the model factory's names: towers and parameter counts (also without the token embedding). NAME may
+    also be any open_clip architecture (ViT-L-14), which the factory builds too."""
+    from ablate.core.models.factory import create_model, is_known, list_models, unknown_model_message
+    from ablate.core.models.registry import ModelEntry
     from ablate.core.models.summary import model_summary
 
     entries = [entry for entry in list_models() if name in (None, entry.name)]
+    if name and not entries and is_known(name):
+        entries = [ModelEntry(name, create_model, f"open_clip architecture {name} (random init)")]
     if name and not entries:
-        fail(str(UnknownModelError(f"unknown model {name!r}; available: {[e.name for e in list_models()]}")))
+        fail(unknown_model_message(name))
     rows = [model_summary(entry) for entry in entries]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
