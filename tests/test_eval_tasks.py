@@ -35,6 +35,7 @@ from ablate.core.data.manifest import load_manifest
 from ablate.core.evaluation.classifier import ZeroShotClassifiers, weights_version
 from ablate.core.evaluation.evaluate import evaluate, recall_at_k
 from ablate.core.evaluation.prompts import canonical_template, render, resolve_classnames, resolve_templates
+from ablate.core.evaluation.standalone import evaluate_saved
 from ablate.core.evaluation.suite import EvaluationSuite, multi_caption_recall, resolve_tasks
 from ablate.core.models.factory import create_model
 from ablate.core.training.trainer import train
@@ -301,6 +302,11 @@ def test_tasks_evaluate_in_training_and_ablate_eval_reproduces_them(
         history = client.get_metric_history(result.run_id, key)
         assert [m.step for m in history] == [6, 6], key  # the trainer's and ablate eval's, at the checkpoint's step
         assert history[1].value == pytest.approx(value, abs=1e-6), key
+
+    exported = tmp_path / "exported"
+    assert CliRunner().invoke(app, ["export", config.run_dir, "--out", str(exported), "--no-program"]).exit_code == 0
+    again = evaluate_saved(exported / "model_reparam.pt", log=False)  # the export finds its run's evaluation
+    assert again.metrics == pytest.approx(in_training, abs=1e-6)
 
     tasks_file = tmp_path / "tasks.yaml"
     tasks_file.write_text(

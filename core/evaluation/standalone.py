@@ -1,8 +1,9 @@
 """`ablate eval`: evaluate a saved model after (or beside) training, and record it on the run it came from.
 
 A run folder (its latest checkpoint), one `checkpoints/step_*.pt` or an exported `model_reparam.pt` is loaded and
-evaluated by the same `EvaluationSuite` the trainer uses, built from the run's own `config.yaml`; so without
-`tasks` it reproduces the run's in-training numbers. The metrics are logged to the run's MLflow run (found
+evaluated by the same `EvaluationSuite` the trainer uses, built from the run's own `config.yaml` (an export's
+run is the one its recorded source checkpoint belongs to); so without `tasks` it reproduces the run's
+in-training numbers. The metrics are logged to the run's MLflow run (found
 through `mlflow_run.json`) at the checkpoint's step. Saved weights do not change, so the zero-shot classifiers
 are kept on disk (`<cache>/zero_shot/`, keyed by the text tower's weights version): evaluating the same model
 again, on any task sharing class names and templates, reuses them.
@@ -74,10 +75,14 @@ def _load(
     source: Path, config_file: Path | None, model_name: str | None
 ) -> tuple[CLIP, int | None, Path, Path | None, TrainConfig | None]:
     """(model in eval mode, its step, the file, the run folder, the run's TrainConfig) for any saved form."""
-    if source.is_file() and source.name == CHECKPOINT_NAME:  # an export: the folder holds no run config
-        step = torch.load(source, map_location="cpu", weights_only=True).get("step")
-        config = validate_train_config(read_yaml(config_file), str(config_file)) if config_file else None
-        return load_exported(source), step, source, None, config
+    if source.is_file() and source.name == CHECKPOINT_NAME:  # an export: its run is where its source lies
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        _, run_dir = resolve_source(Path(state["source"])) if Path(state.get("source", "")).is_file() else (None, None)
+        config_path = config_file or (run_dir / "config.yaml" if run_dir is not None else None)
+        config = None
+        if config_path is not None and config_path.is_file():
+            config = validate_train_config(read_yaml(config_path), str(config_path))
+        return load_exported(source), state.get("step"), source, run_dir, config
     checkpoint, run_dir = resolve_source(source)
     config_path = config_file or (run_dir / "config.yaml" if run_dir is not None else None)
     config = None
