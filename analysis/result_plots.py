@@ -17,7 +17,8 @@ from ablate.analysis.stats import summarise, summarise_metrics
 
 PARAMS_TOTAL = "metric.model/params_total"
 PARAMS_REALISED = "metric.compression/params_realised"
-P_EXPECTED = "metric.compression/p_expected"
+REALISED_SPARSITY = "metric.compression/realised_sparsity"
+EXPECTED_SPARSITY = "metric.compression/expected_sparsity"
 STATE_COLOURS = {"finished": "C0", "pruned": "C1", "failed": "C3", "running": "C7"}
 
 
@@ -75,12 +76,13 @@ def plot_tradeoff(
 
 
 def realised_sparsity(runs: pd.DataFrame) -> pd.Series | None:
-    """Fraction of the dense model's parameters each run removed: 1 - realised / dense parameters when both
-    are logged, else the expected sparsity of the masks; None when the study logged no compression."""
-    if {PARAMS_REALISED, PARAMS_TOTAL} <= set(runs.columns) and runs[PARAMS_REALISED].notna().any():
-        return (1 - runs[PARAMS_REALISED] / runs[PARAMS_TOTAL]).rename("realised sparsity")
-    if P_EXPECTED in runs.columns and runs[P_EXPECTED].notna().any():
-        return runs[P_EXPECTED].rename("expected sparsity")
+    """Each compressed run's realised sparsity as its trainer logged it after the last prune: the fraction of the
+    original student's prunable parameters of the masked kinds removed, the quantity p estimates and q targets
+    (the run's `ablate.sparsity` tag says which kinds; whole-model sizes are `model/params_*`); NaN for a run
+    stopped before its first prune. If no run pruned, the last expected sparsity p; None without compression."""
+    for column, name in ((REALISED_SPARSITY, "realised sparsity"), (EXPECTED_SPARSITY, "expected sparsity")):
+        if column in runs.columns and runs[column].notna().any():
+            return runs[column].rename(name)
     return None
 
 

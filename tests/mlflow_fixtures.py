@@ -268,7 +268,8 @@ class _TrialLogger:
             Metric(PARAMS_METRIC, params_total, start, 0),
             Metric("compute/cpu_hours", CPU_HOURS_PER_RUN, start + end, end),
             Metric("compression/params_realised", REALISED_PARAMS, start + end, end),
-            Metric("compression/p_expected", 1 - REALISED_PARAMS / params_total, start + end, end),
+            Metric("compression/realised_sparsity", 1 - REALISED_PARAMS / params_total, start + end, end),
+            Metric("compression/expected_sparsity", 1 - REALISED_PARAMS / params_total, start + end, end),
         ]
 
 

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
+from ablate.analysis.result_plots import realised_sparsity
 from ablate.core.compression import CompressionConfig, Compressor
 from ablate.core.models.factory import create_model
+from ablate.core.training.trainer import result_metric_names
 
 
 def attention_parameters(model) -> int:
@@ -45,3 +48,22 @@ def test_heads_only_masking_reports_the_sparsity_of_the_attention_parameters() -
     assert result.counts["expected_sparsity"] == p
     ffn = sum(p.numel() for p in model.visual.blocks[0].mlp.parameters())
     assert ffn == sum(p.numel() for p in dense.visual.blocks[0].mlp.parameters())  # FFNs are not masked: untouched
+
+
+def test_the_report_reads_the_realised_sparsity_the_trainer_logs() -> None:
+    """The analysis looked for `compression/params_realised` and `compression/p_expected`, names no run logs, so
+    reports never showed an arm's realised sparsity beside its accuracy."""
+    assert "compression/realised_sparsity" in result_metric_names([])
+    runs = pd.DataFrame(
+        {
+            "metric.model/params_total": [2.0e6, 1.5e6, 3.0e6],
+            "metric.compression/realised_sparsity": [0.5, float("nan"), 0.25],
+            "metric.compression/expected_sparsity": [0.52, 0.1, 0.26],
+        }
+    )
+    sparsity = realised_sparsity(runs)
+    assert sparsity.name == "realised sparsity"
+    assert sparsity.tolist()[::2] == [0.5, 0.25] and pd.isna(sparsity.iloc[1])
+    unpruned = realised_sparsity(runs.drop(columns="metric.compression/realised_sparsity"))
+    assert unpruned.name == "expected sparsity" and unpruned.tolist() == [0.52, 0.1, 0.26]
+    assert realised_sparsity(runs[["metric.model/params_total"]]) is None
