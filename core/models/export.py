@@ -101,7 +101,7 @@ def load_trained(checkpoint: Path, config: ModelConfig) -> tuple[CLIP, int | Non
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = build_model(config)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"] | state.get("ema", {}))  # with optim.ema the run evaluated its average
     except (KeyError, RuntimeError) as err:
         raise ConfigError(f"{checkpoint}: weights do not fit model {config.name!r} ({str(err)[:300]})") from None
     return model.eval(), state.get("step")

@@ -153,7 +153,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # a truncated or foreign file: say which one
         raise ConfigError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from None
     if isinstance(state.get("model"), dict):  # ours: step_*.pt / pruned stage files
-        state = state.get("ema") or state["model"]  # with optim.ema, the average is the model the run evaluated
+        state = state["model"] | state.get("ema", {})  # with optim.ema, the average is the model the run evaluated
     state = {key.removeprefix("module."): value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not state:
         raise ConfigError(f"{path}: holds no tensors")
