@@ -284,3 +284,11 @@ def test_published_shards_replay_translate_in_pixels_of_the_recorded_view(small_
     ours = {"source": "x", "teachers": [{"name": "tiny", "dim": 4}], "augmentations": 1, "synthetic_captions": 0}
     assert ReinforcementInfo.model_validate({**ours, "augment": {"size": 64}}).translate == "fraction"  # older ours
     assert ReinforcementInfo.model_validate(ours).translate == "pixels"
+
+
+def test_our_writer_records_its_translate_convention(reinforced_small: Path) -> None:
+    """`ablate reinforce` stores Translate as fractions of the side and says so in its own metadata (the file,
+    not the reader's inference for older folders), so its shards never read as DataCompDR's pixels."""
+    recorded = json.loads((reinforced_small / "reinforcement.json").read_text())
+    assert recorded["translate"] == "fraction"
+    assert ReinforcementStore(reinforced_small).translate_side is None
