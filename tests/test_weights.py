@@ -104,6 +104,9 @@ def test_missing_hub_files_and_unknown_tags_name_the_field(hub_cache, no_network
 def test_teacher_errors_name_the_member_field() -> None:
     with pytest.raises(ConfigError, match=r"^teachers.members\[1\].model: unknown model 'ViT-S-33'"):
         check_teacher(TeacherSpec(model="ViT-S-33", checkpoint="x"), "teachers.members[1]")
+    siglip = TeacherSpec(model="ViT-B-16-SigLIP", checkpoint="x")  # open_clip's, but not CLIP's BPE tokenizer
+    with pytest.raises(ConfigError, match=r"^teachers.members\[0\].model: model 'ViT-B-16-SigLIP' is not supported"):
+        check_teacher(siglip, "teachers.members[0]")
     with pytest.raises(ConfigError, match=r"^model.name: unknown model 'tinyy'"):
         from ablate.core.config.sections import ModelConfig
 

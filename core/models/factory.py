@@ -23,12 +23,27 @@ def list_models() -> list[ModelEntry]:
 
 
 def is_known(name: str) -> bool:
-    """Whether `create_model(name)` can build it: a registered name or an open_clip architecture."""
-    return name in registered() or name in open_clip.list_models()
+    """Whether `create_model(name)` can build it: a registered name or a usable open_clip architecture."""
+    return name in registered() or (name in open_clip.list_models() and _open_clip_problem(name) is None)
+
+
+def _open_clip_problem(name: str) -> str | None:
+    """Why an open_clip architecture cannot be a student or teacher here (None: it can). Every model is fed CLIP's
+    BPE tokens (open_clip's SimpleTokenizer: the data pipeline, the teachers and zero-shot prompts share it), and
+    the trainer needs a dual encoder's two embeddings."""
+    config = open_clip.get_model_config(name) or {}
+    text = config.get("text_cfg", {})
+    if tokenizer := text.get("hf_tokenizer_name") or text.get("hf_model_name"):
+        return f"open_clip's {name} reads {tokenizer}'s tokens, and ablate feeds every model CLIP's BPE tokens"
+    if "multimodal_cfg" in config:
+        return f"open_clip's {name} is a CoCa captioner, not a dual encoder"
+    return None
 
 
 def unknown_model_message(name: str) -> str:
     """Why `name` cannot be built, with our names (open_clip's are many: say where to list them)."""
+    if name in open_clip.list_models() and (problem := _open_clip_problem(name)):
+        return f"model {name!r} is not supported: {problem}"
     return (
         f"unknown model {name!r}; available: {', '.join(sorted(registered()))}, "
         "or any open_clip architecture (python -c 'import open_clip; print(open_clip.list_models())')"
@@ -41,6 +56,6 @@ def create_model(name: str, **kwargs: float) -> CLIP:
     entries = registered()
     if name in entries:
         return entries[name].builder(**kwargs)
-    if name in open_clip.list_models():
+    if is_known(name):
         return towers.from_open_clip(name, **kwargs)
     raise UnknownModelError(unknown_model_message(name))
