@@ -4,15 +4,21 @@ the analysis reads (objectives, search space) and, later, the report's figures."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from ablate.ablations.control import STUDY_RECORD
 from ablate.ablations.spec import StudySpec
 from ablate.core.training.tracking import ensure_tracking_store, get_or_create_experiment
 
 
-def open_parent_run(spec: StudySpec) -> str:
-    """The run id of the study's parent run, created on first launch and marked running again on relaunch."""
+def open_parent_run(spec: StudySpec, study_file: str | None = None) -> str:
+    """The run id of the study's parent run, created on first launch and marked running again on relaunch.
+
+    `study_file`: the file `ablate launch` was given, so the report's "Reproduce" names it (and the recorded copy
+    under runs/<study>/); a relaunch from that recorded copy (`ablate resume`) keeps the original name.
+    """
     ensure_tracking_store(spec.storage.mlflow)
     client = MlflowClient(tracking_uri=spec.storage.mlflow)
     experiment_id = get_or_create_experiment(client, spec.name)
@@ -25,6 +31,11 @@ def open_parent_run(spec: StudySpec) -> str:
         "ablate.optuna_storage": spec.optuna_storage,
         "ablate.description": spec.description,
     }
+    record = str(spec.run_folder / STUDY_RECORD)
+    tags["ablate.study_record"] = record
+    launched_from = existing[0].data.tags.get("ablate.study_file") if existing else None
+    if study_file is not None and (launched_from is None or Path(study_file).resolve() != Path(record).resolve()):
+        tags["ablate.study_file"] = study_file
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")

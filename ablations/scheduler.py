@@ -95,7 +95,7 @@ def launch(study_path: Path | str, console: Console | None = None, status_every_
         base_config = validate_train_config(base, str(study_path))
         resolve_data_root(base_config.data)
         prepare_inputs(base_config)
-        parent_run_id = open_parent_run(spec)
+        parent_run_id = open_parent_run(spec, str(study_path))
         return StudyScheduler(spec, base, parent_run_id, console or Console(), status_every_s).run()
 
 

@@ -17,7 +17,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ablate.analysis.histories import load_histories
-from ablate.analysis.param_plots import plot_heatmap, plot_metric_curve, plot_metric_vs_param, plot_training_curves
+from ablate.analysis.param_plots import (
+    STOPPED_STATES,
+    plot_heatmap,
+    plot_metric_curve,
+    plot_metric_vs_param,
+    plot_training_curves,
+)
 from ablate.analysis.plots import axis_label
 from ablate.analysis.references import LAMBDA_PARAM, paper_reference
 from ablate.analysis.result_plots import (
@@ -85,7 +91,11 @@ def _param_figures(data: StudyData) -> list[PlannedFigure]:
                 f"{metric}_vs_{axis_label(param)}",
                 f"`{metric}` vs `{axis_label(param)}`",
                 caption,
-                _figure(lambda ax, m=metric, p=param, h=hue: plot_metric_vs_param(data.done, m, p, hue=h, ax=ax)),
+                _figure(
+                    lambda ax, m=metric, p=param, h=hue: plot_metric_vs_param(
+                        data.done, m, p, hue=h, ax=ax, log=p in data.log_params
+                    )
+                ),
             )
         )
     return figures
@@ -120,7 +130,7 @@ def _heatmap_figures(data: StudyData, metric: str) -> list[PlannedFigure]:
             f"{metric}_heatmap_{axis_label(x)}_x_{axis_label(y)}",
             f"`{metric}` over `{axis_label(x)}` × `{axis_label(y)}`",
             "Mean over finished runs per cell (baselines left out); empty cells were not run.",
-            _figure(lambda ax, x=x, y=y: plot_heatmap(data.done, metric, x, y, ax=ax)),
+            _figure(lambda ax, x=x, y=y: plot_heatmap(data.done, metric, x, y, ax=ax, log=data.log_params)),
         )
         for x, y in pairs[:MAX_HEATMAPS]
     ]
@@ -159,15 +169,20 @@ def _sparsity_figures(data: StudyData, metric: str) -> list[PlannedFigure]:
 def _curve_figures(data: StudyData, primary: dict[str, str]) -> list[PlannedFigure]:
     best, chosen = _shown_configurations(data, primary)
     metrics = [o["metric"] for o in data.objectives]
-    runs = data.done[data.done["config_hash"].isin(chosen)]
+    stopped = data.runs[data.runs["state"].isin(STOPPED_STATES)]  # kept, marked: they are part of the study
+    runs = pd.concat([data.done[data.done["config_hash"].isin(chosen)], stopped])
     histories = load_histories(data.name, data.info["tracking_uri"], metrics, runs)
+    histories["state"] = histories["run_id"].map(dict(zip(data.runs["run_id"], data.runs["state"], strict=True)))
     steps = histories.groupby("metric")["step"].nunique()
     labels = dict(zip(data.runs["config_hash"], data.labels, strict=True))
+    partial = f"; {len(stopped)} pruned or failed run(s) keep their partial curves (dotted, × where they stopped)"
     return [
         PlannedFigure(
             f"{metric}_curves",
             f"Training curve of `{metric}`",
-            f"Mean over replicates per configuration ({_shown_text(best, primary)}); the band spans the replicates.",
+            f"Mean over replicates per configuration ({_shown_text(best, primary)}); the band spans the replicates"
+            + (partial if len(stopped) else "")
+            + ".",
             _figure(lambda ax, m=metric: plot_training_curves(histories, m, labels, ax=ax)),
         )
         for metric in metrics

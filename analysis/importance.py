@@ -17,7 +17,9 @@ import pandas as pd
 
 from ablate.ablations.optuna_storage import open_optuna_storage, storage_file
 
-MIN_COMPLETE_TRIALS = 2
+# fANOVA fits a random forest from parameters to objective values: with fewer points than this per varied
+# parameter, or one parameter only (its importance is 1 by definition), or tied values, the numbers mean nothing.
+MIN_TRIALS_PER_PARAM = 3
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,8 @@ def param_importances(storage: str | None, study: str, objectives: list[dict[str
     except Exception as err:
         return Importances(None, f"the Optuna storage {storage} could not be read ({type(err).__name__}: {err})")
     complete = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < MIN_COMPLETE_TRIALS:
-        return Importances(None, f"{len(complete)} complete trial(s) in Optuna; importances need {MIN_COMPLETE_TRIALS}")
+    if (why_not := _too_little(complete, objectives)) is not None:
+        return Importances(None, why_not)
     columns = {}
     for index, objective in enumerate(objectives):
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
@@ -56,3 +58,23 @@ def param_importances(storage: str | None, study: str, objectives: list[dict[str
     table = pd.DataFrame(columns).fillna(0.0)
     table.index.name = "parameter"
     return Importances(table, f"fANOVA over {len(complete)} complete Optuna trials")
+
+
+def _too_little(complete: list[optuna.trial.FrozenTrial], objectives: list[dict[str, str]]) -> str | None:
+    """Why importances over these complete trials would mean nothing, or None if they can mean something."""
+    names = sorted({name for trial in complete for name in trial.params})
+    varied = [name for name in names if len({repr(trial.params.get(name)) for trial in complete}) > 1]
+    needed = MIN_TRIALS_PER_PARAM * max(2, len(varied))
+    if len(complete) < needed:
+        return (
+            f"{len(complete)} complete trial(s) in Optuna; importances need at least {needed} "
+            f"({MIN_TRIALS_PER_PARAM} per varied parameter, two parameters or more)"
+        )
+    if len(varied) < 2:
+        only = f"only {varied[0]} varies" if varied else "no parameter varies"
+        return f"{only} across the complete trials: a single parameter's importance is 1 by definition"
+    for index, objective in enumerate(objectives):
+        values = {trial.values[index] for trial in complete}
+        if len(values) == 1:
+            return f"every complete trial scored {values.pop():.4g} on {objective['metric']}: nothing to explain"
+    return None

@@ -4,30 +4,39 @@ parameters, and training curves."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
+from ablate.analysis.formatting import number
 from ablate.analysis.plots import axis_label, config_label, new_axes, wants_log_scale
 from ablate.analysis.references import PaperCurve
 from ablate.analysis.runs import metric_column, metric_name, param_column
 from ablate.analysis.stats import summarise
 
-MAX_HEATMAP_LEVELS = 12  # more distinct values than this (a sampled continuous parameter) are binned
+MAX_HEATMAP_LEVELS = 6  # more distinct values than this (a sampled continuous parameter) are binned
 HEATMAP_BINS = 5
+STOPPED_STATES = ("pruned", "failed")  # their runs end early: partial curves, drawn apart from the means
 
 
 def plot_metric_vs_param(
-    runs: pd.DataFrame, metric: str, param: str, hue: str | None = None, ax: Axes | None = None
+    runs: pd.DataFrame,
+    metric: str,
+    param: str,
+    hue: str | None = None,
+    ax: Axes | None = None,
+    log: bool = False,
 ) -> Axes:
     """One point per run, the mean with its 95% CI per param value, and a line per baseline for reference.
 
     `hue` (another, categorical, parameter) colours runs by its value, so a continuous sampled parameter
     such as the learning rate can be read separately per caption source. The means are joined by a line
-    only where some value has more than one run: a line through single runs would suggest a trend.
+    only where some value has more than one run: a line through single runs would suggest a trend. The x axis
+    is logarithmic when `log` (the study searched the parameter on a log scale) or the values span a decade.
     """
     ax = new_axes(ax)
     value, x = metric_column(metric), param_column(param)
@@ -51,7 +60,7 @@ def plot_metric_vs_param(
                 label="mean ± 95% CI" if hue is None else None,
             )
     _draw_baselines(ax, baselines, value, start=len(groups) if hue else 1)
-    if pd.api.types.is_numeric_dtype(trials[x]) and wants_log_scale(trials[x]):
+    if pd.api.types.is_numeric_dtype(trials[x]) and (log or wants_log_scale(trials[x])):
         ax.set_xscale("log")
     ax.tick_params(axis="x", labelrotation=30)
     ax.set_xlabel(axis_label(x))
@@ -95,17 +104,27 @@ def plot_metric_curve(
     return ax
 
 
-def plot_heatmap(runs: pd.DataFrame, metric: str, x_param: str, y_param: str, ax: Axes | None = None) -> Axes:
+def plot_heatmap(
+    runs: pd.DataFrame,
+    metric: str,
+    x_param: str,
+    y_param: str,
+    ax: Axes | None = None,
+    log: Collection[str] = (),
+) -> Axes:
     """Mean of `metric` over runs per (x, y) pair of parameter values, as an annotated heatmap.
 
-    A parameter with more than `MAX_HEATMAP_LEVELS` values (sampled, not gridded) is binned into quantile
-    intervals, so cells hold several runs instead of one each. Baseline runs are left out: they are not
-    points of the search space.
+    A parameter with more than `MAX_HEATMAP_LEVELS` values (sampled, not gridded) is binned into
+    `HEATMAP_BINS` intervals with edges rounded to two significant digits (geometric for the parameters in
+    `log`, searched on a log scale), so cells hold several runs and the axis reads `1e-4–3.2e-4`, not
+    `0.0001327441429`. Baseline runs are left out: they are not points of the search space.
     """
     ax = new_axes(ax)
     value, x, y = metric_column(metric), param_column(x_param), param_column(y_param)
     trials, _ = _split_baselines(runs, value)
-    cells = pd.DataFrame({x: _levels(trials[x]), y: _levels(trials[y]), value: trials[value]})
+    logged = {param_column(p) for p in log}
+    levels = {p: _levels(trials[p], p in logged) for p in (x, y)}
+    cells = pd.DataFrame({x: levels[x], y: levels[y], value: trials[value]})
     table = cells.pivot_table(index=y, columns=x, values=value, aggfunc="mean", observed=True)
     sns.heatmap(
         table.sort_index(ascending=False),
@@ -126,11 +145,15 @@ def plot_training_curves(
     """Per configuration, the mean over replicates by step with a band spanning the replicates.
 
     `labels` maps config hashes to legend labels (`config_labels`); by default baselines show their name and
-    other configurations the start of their hash.
+    other configurations the start of their hash. Runs whose `state` column says pruned or failed are not
+    averaged in (they stop early): each keeps its partial curve as a thin dotted line ending in a cross.
     """
     ax = new_axes(ax)
     name = metric_name(metric)
     points = histories[histories["metric"] == name]
+    if "state" in points.columns:
+        _draw_stopped(ax, points[points["state"].isin(STOPPED_STATES)])
+        points = points[~points["state"].isin(STOPPED_STATES)]
     labels = [
         labels[h] if labels is not None and h in labels else config_label(h, b)
         for h, b in zip(points["config_hash"], points["baseline"], strict=True)
@@ -148,6 +171,18 @@ def plot_training_curves(
     if ax.get_legend() is not None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="configuration")
     return ax
+
+
+def _draw_stopped(ax: Axes, points: pd.DataFrame) -> None:
+    """Pruned and failed runs' partial curves, one legend entry per state."""
+    styles = {"pruned": "0.45", "failed": "black"}
+    labelled: set[str] = set()
+    for (_, state), run in points.sort_values("step").groupby(["run_id", "state"], sort=False):
+        colour = styles.get(state, "0.45")
+        label = None if state in labelled else f"{state} (partial)"
+        labelled.add(state)
+        ax.plot(run["step"], run["value"], linestyle=":", linewidth=1, color=colour, label=label)
+        ax.scatter(run["step"].iloc[-1:], run["value"].iloc[-1:], marker="x", color=colour, zorder=3)
 
 
 def _split_baselines(runs: pd.DataFrame, value: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -173,10 +208,27 @@ def _positions(values: pd.Series, ax: Axes) -> pd.Series:
     return values.astype(str).map({c: i for i, c in enumerate(categories)})
 
 
-def _levels(values: pd.Series) -> pd.Series:
-    """Heatmap levels of a parameter: its values, or quantile bins of a numeric one with too many values."""
-    if not pd.api.types.is_numeric_dtype(values) or values.nunique() <= MAX_HEATMAP_LEVELS:
+def _levels(values: pd.Series, log: bool = False) -> pd.Series:
+    """Heatmap levels of a parameter, in order: its values (numbers to 3 significant digits), or bins of a
+    numeric one with too many values, edges rounded outwards at the ends so every value falls in a bin."""
+    if not pd.api.types.is_numeric_dtype(values):
         return values
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, HEATMAP_BINS + 1)))
-    labels = [f"{low:.3g}–{high:.3g}" for low, high in itertools.pairwise(edges)]
+    distinct = np.sort(values.dropna().unique())
+    if len(distinct) <= MAX_HEATMAP_LEVELS:
+        names = [number(v, 3) for v in distinct]
+        labelled = values.map(dict(zip(distinct, names, strict=True)))
+        return pd.Series(pd.Categorical(labelled, names, ordered=True), index=values.index)
+    low, high = float(distinct[0]), float(distinct[-1])
+    spaced = np.geomspace if log and low > 0 else np.linspace
+    edges = [_significant(e, round) for e in spaced(low, high, HEATMAP_BINS + 1)]
+    edges = sorted({_significant(low, math.floor), *edges[1:-1], _significant(high, math.ceil)})
+    labels = [f"{number(a, 2)}–{number(b, 2)}" for a, b in itertools.pairwise(edges)]
     return pd.cut(values, edges, include_lowest=True, labels=labels)
+
+
+def _significant(value: float, rounding: Callable[[float], float], digits: int = 2) -> float:
+    """`value` rounded to `digits` significant digits (down, up or to nearest, as `rounding` does)."""
+    if value == 0:
+        return 0.0
+    scale = 10.0 ** (math.floor(math.log10(abs(value))) - digits + 1)
+    return float(f"{rounding(value / scale) * scale:.{digits + 2}g}")  # no 3.2000000000000006e-4

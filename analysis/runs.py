@@ -84,6 +84,8 @@ def study_info(study: str, tracking_uri: str) -> dict[str, Any]:
         "search_space": json.loads(tags.get("ablate.search_space", "[]")),
         "description": tags.get("ablate.description", ""),
         "optuna_storage": tags.get("ablate.optuna_storage") or None,
+        "study_file": tags.get("ablate.study_file") or None,  # the file `ablate launch` was given
+        "study_record": tags.get("ablate.study_record") or None,  # its self-contained copy under runs/<study>/
     }
     spec = _spec_artifact(client, parent.info.run_id)
     info["spec_source"] = SPEC_ARTIFACT if spec is not None else "parent run tags"

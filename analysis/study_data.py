@@ -39,6 +39,14 @@ class StudyData:
         return [c for c in columns if c in trials.columns and c != "param.seed" and trials[c].nunique() > 1]
 
     @cached_property
+    def log_params(self) -> set[str]:
+        """`param.` columns the study searched on a log scale (`log: true` in its spec): plotted on log axes."""
+        space = (self.info.get("spec") or {}).get("search_space") or {}
+        if not isinstance(space, dict):  # a spec rebuilt from the parent run's tags lists the names only
+            return set()
+        return {param_column(name) for name, entry in space.items() if isinstance(entry, dict) and entry.get("log")}
+
+    @cached_property
     def done(self) -> pd.DataFrame:
         """Finished runs only: failed and pruned runs are excluded from every statistic."""
         return finished(self.runs)

@@ -33,7 +33,8 @@ def header_markdown(data: StudyData) -> str:
 
 def summary_markdown(data: StudyData) -> str:
     """Best configuration against the baseline (difference, CI, p-value) or, without a baseline, against the
-    worst; trial counts by state; and the compute spent, when the runs logged it."""
+    worst; trial counts by state; and the compute spent, when the runs logged it. A configuration is called
+    best only when it beats the runner-up beyond the noise; a tie (all configurations alike) is said as such."""
     lines = []
     for objective in data.objectives:
         results = objective_results(data, objective)
@@ -42,12 +43,25 @@ def summary_markdown(data: StudyData) -> str:
             continue
         best = trials.iloc[0]
         name = f"`{objective['metric']}` ({objective['direction']})"
-        lines.append(f"- **Best configuration** by {name}: {_config_text(best)}.")
+        tied = len(trials) > 1 and np.allclose(trials["mean"], best["mean"], rtol=0, atol=1e-12)
+        if tied:  # e.g. every configuration at chance: there is no best one, and no worst
+            lines.append(
+                f"- **No best configuration** by {name}: all {len(trials)} configurations scored "
+                f"{_number(best['mean'])} (a tie)."
+            )
+        elif len(trials) > 1 and not _ahead(data, objective, best, trials.iloc[1]):
+            runner_up = trials.iloc[1]
+            lines.append(
+                f"- **Highest mean** by {name}: {_config_text(best)}; not distinguishable from the runner-up, "
+                f"{_config_text(runner_up)}: {_versus(data, objective, best, runner_up)}."
+            )
+        else:
+            lines.append(f"- **Best configuration** by {name}: {_config_text(best)}.")
         if "diff" in results.columns:
             lines.append(f"  - vs baseline `{results.attrs['baseline']}`: {_difference_text(best)}.")
-        elif len(trials) > 1:
+        elif len(trials) > 1 and not tied:
             worst = trials.iloc[-1]
-            lines.append(f"  - vs the worst, {_config_text(worst)}: {_best_vs_worst(data, objective, best, worst)}.")
+            lines.append(f"  - vs the worst, {_config_text(worst)}: {_versus(data, objective, best, worst)}.")
         if "pareto" in results.columns:
             lines.append(f"  - {int(results['pareto'].sum())} configuration(s) on the Pareto front of all objectives.")
     lines.append(f"- **Trials**: {trial_counts(data.runs)}; statistics use finished trials only.")
@@ -57,11 +71,20 @@ def summary_markdown(data: StudyData) -> str:
 
 def reproduce_markdown(data: StudyData) -> str:
     """The commands that rerun the study and rebuild this report."""
-    uri = data.info["tracking_uri"]
+    uri, launched, record = data.info["tracking_uri"], data.info.get("study_file"), data.info.get("study_record")
+    if launched:
+        launch = (
+            f"ablate launch {launched}   # the file it was launched from; continues the study if its storage exists"
+        )
+    else:  # launched before the file was recorded: the recorded copy is what `ablate resume` reads
+        launch = f"ablate resume {data.name}   # from the study's recorded copy; continues it if its storage exists"
+    copy = (
+        f"\n\nThe launch recorded a self-contained copy of the study (base config inlined) at `{record}`."
+        if record
+        else ""
+    )
     return (
-        "## Reproduce\n\n"
-        f"```bash\nablate launch ablations/studies/{data.name}.yaml   # the study file it was launched from; "
-        f"continues the study if its storage exists\nablate report {data.name} --tracking-uri {uri}\n```\n\n"
+        f"## Reproduce\n\n```bash\n{launch}\nablate report {data.name} --tracking-uri {uri}\n```{copy}\n\n"
         "Or rerun this notebook as it is: its first cell names the study and the tracking store."
     )
 
@@ -85,10 +108,23 @@ def _difference_text(row: pd.Series) -> str:
     return _result_text(result, row["p_holm"])
 
 
-def _best_vs_worst(data: StudyData, objective: dict[str, str], best: pd.Series, worst: pd.Series) -> str:
+def _versus(data: StudyData, objective: dict[str, str], best: pd.Series, worst: pd.Series) -> str:
+    return _result_text(difference(_replicates(data, objective, best), _replicates(data, objective, worst)))
+
+
+def _ahead(data: StudyData, objective: dict[str, str], best: pd.Series, runner_up: pd.Series) -> bool:
+    """Whether the best configuration beats the runner-up beyond the noise of their replicates (p < 0.05);
+    with fewer than two replicates on a side there is no test, so no claim; groups without spread differ exactly."""
+    result = difference(_replicates(data, objective, best), _replicates(data, objective, runner_up))
+    if result.method == "constant":  # no spread at all (model sizes): any difference is exact
+        return result.diff != 0
+    return not np.isnan(result.p_value) and result.p_value < SIGNIFICANCE
+
+
+def _replicates(data: StudyData, objective: dict[str, str], row: pd.Series) -> np.ndarray:
+    """The finished replicates' values of one configuration (a row of `objective_results`)."""
     value = metric_column(objective["metric"])
-    groups = [data.done.loc[data.done["config_hash"] == row["config_hash"], value].dropna() for row in (best, worst)]
-    return _result_text(difference(groups[0].to_numpy(), groups[1].to_numpy()))
+    return data.done.loc[data.done["config_hash"] == row["config_hash"], value].dropna().to_numpy()
 
 
 def _result_text(result: Difference, p_holm: float | None = None) -> str:

@@ -119,6 +119,12 @@ def build_study(
         "ablate.search_space": json.dumps(sorted(search_space)),
         "ablate.description": DESCRIPTION if rich else "",
         **({"ablate.optuna_storage": storage} if storage else {}),
+        # what `ablate launch` records: the file it was given and its copy under runs/<study>/
+        **(
+            {"ablate.study_file": f"ablations/studies/{study}.yaml", "ablate.study_record": f"runs/{study}/study.json"}
+            if rich
+            else {}
+        ),
     }
     parent = client.create_run(experiment_id, start_time=T0_MS, run_name=study, tags=tags).info.run_id
     if rich:
