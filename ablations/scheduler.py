@@ -35,6 +35,7 @@ from ablate.ablations.spec import StudySpec, load_study
 from ablate.ablations.trial import (
     SUBMISSION_RECORD,
     TrialJob,
+    TrialWarmUp,
     log_slurm_usage,
     read_result,
     record_slurm_usage,
@@ -120,6 +121,7 @@ class StudyScheduler:
             executor.slurm.model_dump(mode="json"),
             executor.nodes,
             executor.tasks_per_node,
+            warm_up=TrialWarmUp(base),  # local trials fork from a process that ran this once
         )
         # On SLURM a job's threads follow its allocation (core/training/runtime.py reads SLURM_CPUS_PER_TASK).
         self.threads = (

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 
 from ablate.slurm.accounting import Usage
+from ablate.slurm.warm_pool import JOB_ID_VARIABLE
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -118,6 +119,42 @@ def log_slurm_usage(run_dir: Path, tracking_uri: str, total: Usage) -> None:
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in total.as_metrics().items()])
 
 
+PRELOADED = (
+    "torch",
+    "timm",
+    "open_clip",
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",  # imported on a run's first query otherwise; opens nothing
+    "optuna",
+    "ablate.ablations.spec",
+    "ablate.ablations.optuna_study",
+    "ablate.core.teachers.bundled",
+    "ablate.core.training.trainer",
+)
+
+
+@dataclass
+class TrialWarmUp:
+    """What the local fork server does once for all trials of a study (slurm/warm_pool.py): import what every
+    trial imports, and index the study's shards (tar_index keeps the indexes in memory for the forked trials)."""
+
+    base: dict[str, Any]  # the study's base TrainConfig tree
+
+    def __call__(self) -> None:
+        import importlib
+
+        for module in PRELOADED:
+            importlib.import_module(module)
+        from ablate.core.config.loading import validate_train_config
+        from ablate.core.data.bundled import resolve_data_root
+        from ablate.core.data.manifest import load_manifest
+        from ablate.core.data.tar_index import IndexedShards
+
+        manifest = load_manifest(resolve_data_root(validate_train_config(self.base, "study base").data))
+        for split in manifest.splits:
+            IndexedShards(manifest.shard_paths(split))
+
+
 @dataclass
 class TrialJob(submitit.helpers.Checkpointable):
     spec: dict[str, Any]  # StudySpec as JSON-able data
@@ -141,7 +178,7 @@ class TrialJob(submitit.helpers.Checkpointable):
             return None
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        job_id = slurm_job_id() or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "")
+        job_id = slurm_job_id() or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or os.environ.get(JOB_ID_VARIABLE, "")
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # set by SLURM on a requeued job
         write_json_atomically(
             run_dir / JOB_RECORD,

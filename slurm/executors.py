@@ -1,7 +1,8 @@
 """Where a trial runs, behind one interface over submitit: submit callables, poll for the ones that ended, cancel.
 
-`local`: each trial is a separate process on this machine (submitit's LocalExecutor); the scheduler submits
-only when a slot is free, because LocalExecutor itself starts everything at once (peers.md pain point 11).
+`local`: each trial is a separate process on this machine, forked from a warm fork server (warm_pool.py: torch,
+timm, open_clip, mlflow and the study's shard indexes already loaded); multi-process trials use submitit's
+LocalExecutor. The scheduler submits only when a slot is free (peers.md pain point 11).
 `debug`: in-process (submitit's DebugExecutor), for tests and pdb.
 `slurm`: sbatch through submitit's SlurmExecutor; several trials submitted together become one job array.
 Job states come from one `sacct` call per poll for all jobs (accounting.py), which also says what each job
@@ -19,6 +20,7 @@ from typing import Any
 import submitit
 
 from ablate.slurm.accounting import NOT_RETRIED_STATES, Accounting, Usage
+from ablate.slurm.warm_pool import WarmPool
 
 
 @dataclass
@@ -44,7 +46,7 @@ def threads_per_trial(requested: int | None, parallel: int, processes: int = 1) 
 class LocalTrialExecutor:
     """Processes on this machine (or in this process, for `debug`)."""
 
-    def __init__(self, executor: submitit.Executor) -> None:
+    def __init__(self, executor: submitit.Executor | WarmPool) -> None:
         self.executor = executor
 
     def submit(self, functions: Sequence[Callable[[], Any]]) -> list[submitit.Job]:
@@ -148,13 +150,17 @@ def make_executor(
     slurm: dict[str, Any] | None = None,
     nodes: int = 1,
     tasks_per_node: int = 1,
+    warm_up: Callable[[], None] | None = None,
 ) -> TrialExecutor:
-    """`nodes` x `tasks_per_node` processes per trial; more than one makes each trial a torch.distributed job."""
+    """`nodes` x `tasks_per_node` processes per trial; more than one makes each trial a torch.distributed job.
+    `warm_up`: what the local fork server runs once before forking trials (imports, indexing the study's data)."""
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "debug":
         return LocalTrialExecutor(submitit.DebugExecutor(folder=folder))
     if kind == "slurm":
         return SlurmTrialExecutor(folder, timeout_min, slurm or {}, nodes, tasks_per_node)
+    if nodes * tasks_per_node == 1:
+        return LocalTrialExecutor(WarmPool(folder, timeout_min, warm_up))
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=timeout_min, tasks_per_node=tasks_per_node)
     return LocalTrialExecutor(executor)
