@@ -90,6 +90,10 @@ def test_an_hf_hub_id_names_the_same_file(hub_cache, no_network: None) -> None:
     report = load_weights(model, "ViT-B-32", f"hf-hub:{VIT_B_32_HUB}", "teachers.members[0].checkpoint")
     assert report.complete and report.path.name == "open_clip_model.safetensors"
     assert_holds(model, hub_cache)
+    one_file = resolve_weights("ViT-B-32", f"hf-hub:{VIT_B_32_HUB}/open_clip_model.safetensors", "model.pretrained")
+    assert one_file.path == report.path
+    with pytest.raises(ConfigError, match=r"model.pretrained: 'hf-hub:a b/c': not a hub repo id"):
+        resolve_weights("ViT-B-32", "hf-hub:a b/c", "model.pretrained")
 
 
 def test_missing_hub_files_and_unknown_tags_name_the_field(hub_cache, no_network: None) -> None:

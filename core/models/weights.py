@@ -26,7 +26,7 @@ from pathlib import Path
 import open_clip
 import torch
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.convert import convert_state_dict
 from open_clip.factory import load_state_dict
@@ -97,6 +97,9 @@ def resolve_weights(model_name: str, source: str, where: str) -> ResolvedWeights
         return ResolvedWeights(path)
     if source.startswith(HUB_PREFIX):
         repo = source.removeprefix(HUB_PREFIX).strip("/")
+        if repo.count("/") >= 2:  # hf-hub:org/repo/file.safetensors names one file of the repo
+            owner, name, filename = repo.split("/", 2)
+            return ResolvedWeights(_from_hub(f"{owner}/{name}", (filename,), where, source))
         return ResolvedWeights(_from_hub(repo, HUB_FILES, where, source))
     config = open_clip.get_pretrained_cfg(model_name, source)
     if config:
@@ -123,6 +126,8 @@ def _from_hub(repo: str, filenames: tuple[str, ...], where: str, source: str) ->
             return Path(hf_hub_download(repo, filename, cache_dir=hub_cache_dir(), local_files_only=True))
         except LocalEntryNotFoundError:
             continue
+        except HFValidationError as err:
+            raise ConfigError(f"{where}: {source!r}: not a hub repo id ({err})") from None
     cache = hub_cache_dir() or "the default Hugging Face cache"
     raise ConfigError(
         f"{where}: {source!r}: no {' or '.join(filenames)} of hub repo {repo} in {cache} (offline: run "
