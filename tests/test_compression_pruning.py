@@ -4,6 +4,7 @@ function, on a ViT + text transformer pair and on a MobileCLIP-style hybrid; a p
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import timm
@@ -14,6 +15,7 @@ from torch import nn
 
 from ablate.core.compression import CompressionConfig, Compressor, apply_prune_record
 from ablate.core.compression.attention import ModularMultiheadAttention, NarrowFastVitAttention
+from ablate.core.compression.structure import StructureError, discover
 from ablate.core.models.clip import CLIP, InputSpec
 from ablate.core.models.factory import create_model
 
@@ -214,3 +216,17 @@ def test_vit_with_pre_norm_pruned_matches_masked() -> None:
     kept = len(result.record["image"]["hidden"])
     assert dense.visual.norm_pre.weight.shape == (kept,) and kept < 64
     assert_same_function(model, dense, images, tokens)
+
+    # Without an affine gain the mask has nowhere to fold: hidden masks are refused, naming why.
+    plain = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=64,
+        patch_size=8,
+        embed_dim=64,
+        depth=1,
+        num_heads=2,
+        pre_norm=True,
+        norm_layer=partial(nn.LayerNorm, elementwise_affine=False),
+    )
+    with pytest.raises(StructureError, match="pre-norm with an affine gain"):
+        discover(plain, "image").require("hidden")
