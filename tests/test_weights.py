@@ -304,3 +304,17 @@ def test_ablate_models_describes_any_open_clip_architecture() -> None:
     assert row["image"] == pytest.approx(303.97e6, rel=1e-3) and row["text"] == pytest.approx(123.65e6, rel=1e-3)
     unknown = CliRunner().invoke(app, ["models", "ViT-S-33"])
     assert unknown.exit_code == 2 and "unknown model 'ViT-S-33'" in unknown.output
+
+
+def test_run_inputs_check_student_weights_and_online_teachers_before_any_work(tmp_path: Path) -> None:
+    """prepare_inputs reaches these checks before it would generate the benchmark or train bundled teachers."""
+    from ablate.core.config.sections import TrainConfig
+    from ablate.core.training.inputs import direct_inputs
+
+    missing = TrainConfig.model_validate({"model": {"name": "tiny", "init": str(tmp_path / "none.pt")}})
+    with pytest.raises(ConfigError, match=r"^model.pretrained: '.*none.pt' is not a file"):
+        direct_inputs(missing)
+    teachers = {"mode": "online", "members": [{"model": "tiny", "checkpoint": str(tmp_path / "gone.pt")}]}
+    online = TrainConfig.model_validate({"loss": {"lambda": 0.5}, "teachers": teachers})
+    with pytest.raises(ConfigError, match=r"^teachers.members\[0\].checkpoint: '.*gone.pt' is not a file"):
+        direct_inputs(online)

@@ -17,6 +17,8 @@ from ablate.core.config.base import ConfigError
 from ablate.core.config.sections import TeacherSpec, TrainConfig
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforcement_store import check_reinforcement_folder
+from ablate.core.models.weights import resolve_weights
+from ablate.core.teachers.ensemble import check_teacher
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,18 @@ def direct_inputs(config: TrainConfig) -> RunInputs:
 
 
 def check_explicit_inputs(config: TrainConfig) -> None:
-    """The data folders a config names exist, checked from the config alone. `prepare_inputs` gets here before
-    the bundled benchmark is generated or a teacher trained, so a wrong path fails in a second, not in minutes."""
+    """The data folders, online teachers and student weights a config names exist, checked from the config alone.
+    `prepare_inputs` gets here before the bundled benchmark is generated or a teacher trained, so a wrong path
+    fails in a second, not in minutes."""
     if config.data.root is not None:
         load_manifest(config.data.root)
     if config.data.reinforcement not in (None, "bundled"):
         check_reinforcement_folder(Path(config.data.reinforcement))
+    if config.teachers.mode == "online" and config.teachers.members != "bundled":
+        for index, member in enumerate(config.teachers.members):  # names and weights files; nothing is loaded
+            check_teacher(member, f"teachers.members[{index}]")
+    if config.model.pretrained is not None:
+        resolve_weights(config.model.name, config.model.pretrained, "model.pretrained")
 
 
 def explicit_inheritance(config: TrainConfig) -> TeacherSpec | None:
