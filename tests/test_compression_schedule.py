@@ -76,6 +76,8 @@ def test_auto_mask_lr_keeps_the_reference_lr_for_long_phases_and_numbers_win() -
     assert long(**{"compression.hyperparameters": "paper"}) == 0.01
     assert long(**{"compression.mask_lr": 0.05}) == 0.05
     assert long(**{"compression.mask_lr": None}) == 0.02
+    with pytest.raises(ValueError, match="mask_lr"):
+        long(**{"compression.mask_lr": -0.05})
 
 
 def test_the_compressor_of_each_stage_trains_log_alpha_at_that_stage_mask_lr() -> None:

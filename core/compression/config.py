@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -82,7 +82,7 @@ class CompressionConfig(StrictModel):
     )
     penalty: Literal["one_sided", "signed"] = "one_sided"
     hyperparameters: Literal["code", "paper"] = "code"
-    mask_lr: float | Literal["auto"] | None = Field(
+    mask_lr: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(
         "auto",
         description="log α learning rate; auto: per stage, max(15 / mask_steps, the preset's); None = the preset's",
     )
