@@ -389,6 +389,8 @@ def test_auto_inheritance_trains_the_model_the_run_names(tmp_path, monkeypatch) 
     """inherit: auto trains a copy of the teacher, so `model.name` must be the teacher's architecture: `tiny`
     with the bundled (`small`) teacher trained a `small` labelled `tiny`, and its resume rebuilt a `tiny`. The
     contradiction is found before the bundled teachers would be trained."""
+    import tarfile
+
     import ablate.core.teachers.bundled as bundled
     from ablate.core.config.base import ConfigError
     from ablate.core.config.sections import TeacherSpec, TrainConfig
@@ -400,11 +402,13 @@ def test_auto_inheritance_trains_the_model_the_run_names(tmp_path, monkeypatch) 
     )
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("model:\n  name: small\n")
+    (tmp_path / "dr" / "train").mkdir(parents=True)
+    tarfile.open(tmp_path / "dr" / "train" / "empty.tar", "w").close()  # a reinforcement folder, never read here
 
     def config(name: str, checkpoint: str, inherit: str = "auto") -> TrainConfig:
         compression = {"schedule": [0.5], "inherit": inherit, "teacher_checkpoint": checkpoint}
         tree = {"model": {"name": name}, "loss": {"lambda": 1.0, "alpha": 0.5}, "compression": compression}
-        return TrainConfig.model_validate({**tree, "data": {"reinforcement": str(tmp_path)}})
+        return TrainConfig.model_validate({**tree, "data": {"reinforcement": str(tmp_path / "dr")}})
 
     message = r"model.name: 'tiny', but compression.inherit is auto: the student is a trainable copy of its teacher"
     with pytest.raises(ConfigError, match=message + r", a 'small' \(the bundled teacher 0\)"):
