@@ -14,6 +14,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
+from ablate.ablations.trial import PRELOADED
 from ablate.slurm.warm_pool import JOB_ID_VARIABLE, WarmJob, WarmJobError, WarmPool
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fork server cannot import test modules
@@ -138,3 +139,24 @@ def test_a_job_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
             wait(job, timeout=30).result()
     finally:
         pool.close()
+
+
+def _what_a_trial_finds() -> dict:
+    from ablate.core.data import tar_index
+
+    return {"indexed": len(tar_index._indexes), "imported": [name for name in PRELOADED if name in sys.modules]}
+
+
+@pytest.mark.slow
+def test_trials_fork_with_the_study_imported_and_its_shards_indexed(tmp_path: Path, shapes_root: Path) -> None:
+    from ablate.ablations.trial import TrialWarmUp
+    from ablate.core.data.manifest import load_manifest
+
+    pool = WarmPool(tmp_path / "jobs", timeout_min=10, warm_up=TrialWarmUp({"data": {"root": str(shapes_root)}}))
+    try:
+        found = wait(pool.submit(_what_a_trial_finds), timeout=900).result()
+    finally:
+        pool.close()
+    manifest = load_manifest(shapes_root)
+    assert found["indexed"] == sum(len(manifest.shard_paths(split)) for split in manifest.splits)
+    assert found["imported"] == list(PRELOADED)
