@@ -101,7 +101,7 @@ def _two_stage_config(tmp_path: Path, small_shapes: Path, reinforced_small: Path
             "train.compile": compile_,
             "train.precision": "fp32",
             "eval.max_samples": 8,
-            "optim.warmup_steps": 1,
+            "optim.warmup_steps": 0,  # restart: stage 2 lasts one step
             "data.reinforcement": str(reinforced_small),
             "data.num_workers": 0,
             "loss.lambda": 1.0,
