@@ -273,6 +273,10 @@ def test_runtime_checks_are_user_errors_in_the_cli(tmp_path: Path) -> None:
         study = write(tmp_path, "cuda.yaml", "name: x\noverrides: {train.device: cuda}\n")
         code, output = run_cli("launch", "--dry-run", str(study))
         assert code == 2 and "base: train.device: 'cuda' requested" in output
+        # a SLURM login node may lack the compute nodes' GPUs: there the device is not checked
+        on_slurm = write(tmp_path, "slurm.yaml", "name: x\noverrides: {train.device: cuda}\nexecutor: {kind: slurm}\n")
+        code, output = run_cli("launch", "--dry-run", str(on_slurm))
+        assert code == 0, output
     code, output = run_cli("train", "--set", "tracking.uri=htp://server:5000")
     assert code == 2 and "tracking.uri: unknown scheme 'htp'" in output
     code, output = run_cli("train", str(write(tmp_path, "latin.yaml", b"seed: \xe9\n")))

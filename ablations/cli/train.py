@@ -34,8 +34,10 @@ def train(
         )
         from ablate.core.teachers.bundled import prepare_inputs
         from ablate.core.training.inputs import unprepared_fields
+        from ablate.core.training.runtime import resolve_device
         from ablate.core.training.trainer import train as run_training
 
+        resolve_device(train_config.train.device)  # config-only: fails before any bundled teacher is trained
         if unprepared := unprepared_fields(train_config):
             console.print(f"preparing {', '.join(unprepared)} (bundled: built once into the cache)", style="dim")
         result = run_training(train_config, inputs=prepare_inputs(train_config, train_config.train.progress))

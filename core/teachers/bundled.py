@@ -27,7 +27,6 @@ from ablate.core.training.inputs import (
     explicit_inheritance,
     unprepared_fields,
 )
-from ablate.core.training.runtime import resolve_device
 from ablate.core.training.trainer import train
 
 
@@ -148,7 +147,6 @@ def prepare_inputs(config: TrainConfig, progress: bool = True) -> RunInputs:
     """Every input `config` names, the `bundled` ones built (or found) in the cache: the launcher calls this
     before any trial starts, so that parallel trials neither race on the cache nor spend their time limit
     waiting for it, and each trial calls it again to read the finished paths."""
-    resolve_device(config.train.device)  # a config-only check: it fails before any teacher is trained
     unprepared = set(unprepared_fields(config))
     if not unprepared:
         return direct_inputs(config)
