@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from ablate.ablations.cli.common import RUNS_ROOT, USER_ERRORS, app, console, fail
-from ablate.analysis.formatting import number, params_text
 from ablate.core.config.base import ConfigError
 
 if TYPE_CHECKING:
@@ -46,6 +45,8 @@ def launch(
 
 
 def _print_outcomes(result: LaunchResult) -> None:
+    from ablate.analysis.formatting import number, params_text
+
     spec = result.spec
     metrics = [objective.metric for objective in spec.objectives]
     table = Table("configuration", "state", *metrics, "params", title=f"study {spec.name}: this launch")
@@ -83,6 +84,7 @@ def status(
 ) -> None:
     """Trials by state, the best so far per objective, running jobs and compute spent."""
     from ablate.ablations.control import load_recorded_spec, study_status
+    from ablate.analysis.formatting import number, params_text
 
     try:
         info = study_status(load_recorded_spec(name, runs_root))
@@ -98,7 +100,7 @@ def status(
         f"{'running' if info['launcher_alive'] else 'not running'}; {info['cpu_hours']:.3f} CPU-hours{gpu}"
     )
     for metric, best in info["best"].items():
-        line = f"best {metric}: {best['value']:.4f} (trial {best['trial']}, {best['params']})"
+        line = f"best {metric}: {number(best['value'])} (trial {best['trial']}, {params_text(best['params'])})"
         console.print(line, highlight=False, markup=False)
     for job in info["running_jobs"]:
         console.print(f"running: pid {job['pid']} in {job['run_dir']}", highlight=False)

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from ablate.ablations.cli.common import USER_ERRORS, app, console, fail
-from ablate.analysis.formatting import number
 
 
 @app.command()
@@ -20,7 +19,7 @@ def train(
 ) -> None:
     """Train one model (resumes if its run_dir already holds a checkpoint)."""
     # Said before each slow phase (torch's import alone takes seconds), so the command is never silent for long.
-    console.print("reading the config", style="dim")
+    console.print("loading torch and reading the config", style="dim")
     from ablate.core.config.loading import load_train_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -28,7 +27,7 @@ def train(
         train_config = load_train_config(config, overrides, preset)
         console.print(
             f"{train_config.model.name}, {train_config.train.steps} steps, run folder {train_config.run_dir}: "
-            "loading torch and the models",
+            "preparing the run",
             style="dim",
             highlight=False,
         )
@@ -43,6 +42,8 @@ def train(
         result = run_training(train_config, inputs=prepare_inputs(train_config, train_config.train.progress))
     except USER_ERRORS as err:
         fail(str(err))
+    from ablate.analysis.formatting import number
+
     tracked = f", MLflow run {result.run_id}" if result.run_id else ""
     table = Table("metric", "value", title=f"{result.steps} steps{tracked}")
     for key, value in result.metrics.items():
