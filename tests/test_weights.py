@@ -96,9 +96,13 @@ def test_an_hf_hub_id_names_the_same_file(hub_cache, no_network: None) -> None:
         resolve_weights("ViT-B-32", "hf-hub:a b/c", "model.pretrained")
 
 
-def test_missing_hub_files_and_unknown_tags_name_the_field(hub_cache, no_network: None) -> None:
+def test_missing_hub_files_and_unknown_tags_name_the_field(
+    hub_cache, no_network: None, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(ConfigError, match=r"teachers.members\[1\].checkpoint: 'openai': no .* hub repo timm/"):
         resolve_weights("ViT-B-32", "openai", "teachers.members[1].checkpoint")  # its repo is not in the cache
+    assert "ViT-B-32:openai was trained with quick_gelu=True" in caplog.text  # open_clip's own warning, as a hint
+    assert "consider the ViT-B-32-quickgelu architecture" in caplog.text
     with pytest.raises(ConfigError, match=r"model.pretrained: 'laion9b'.*tags: .*laion2b_s34b_b79k"):
         resolve_weights("ViT-B-32", "laion9b", "model.pretrained")
     with pytest.raises(ConfigError, match=r"model.pretrained: 'hf-hub:apple/none'.*apple/none"):
