@@ -50,7 +50,9 @@ def test_restart_warms_up_and_decays_in_every_stage_continuous_once() -> None:
 
 def test_restart_needs_a_warmup_shorter_than_every_stage() -> None:
     stages = {"compression": {"schedule": [0.2, 0.4]}, "train.steps": 12, "optim.warmup_steps": 6}
-    with pytest.raises(ValueError, match=r"optim.warmup_steps \(6\) must be smaller than compression.stages\[0\]"):
+    with pytest.raises(
+        ValueError, match=r"optim.warmup_steps \(6 steps\) must be shorter than compression.stages\[0\]"
+    ):
         compression_run(**stages)
     compression_run(**stages, **{"optim.schedule_per_stage": "continuous"})  # one warmup over 12 steps is fine
 

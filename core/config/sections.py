@@ -352,10 +352,11 @@ class TrainConfig(StrictModel):
                 f"compression.stages last {compression.total_steps} steps in all but train.steps is {self.train.steps}"
             )
         restart = self.optim.schedule_per_stage == "restart"
+        warmup_field = "optim.warmup_fraction" if self.optim.warmup_fraction is not None else "optim.warmup_steps"
         for index, stage in enumerate(compression.stages):
             if restart and self.optim.warmup_for(stage.steps) >= stage.steps:
                 raise ValueError(
-                    f"optim.warmup_steps ({self.optim.warmup_for(stage.steps)}) must be smaller than "
+                    f"{warmup_field} ({self.optim.warmup_for(stage.steps)} steps) must be shorter than "
                     f"compression.stages[{index}].steps ({stage.steps}): optim.schedule_per_stage 'restart' warms up "
                     "again in every stage ('continuous' warms up once)"
                 )
