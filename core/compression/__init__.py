@@ -23,8 +23,9 @@ Contract for the trainer (papers.md §2.2–2.3, §9):
   `constant_lr=True` (the reference does not schedule them; skip them in the LR schedule). λ ascent is done by
   negating their gradients, so the LR is positive and any optimizer works (the code's LR −0.02 ≡ +0.02 here).
 - `after_optimizer_step()`: clamps log α to [ln 0.01, ln 100]. `log_metrics()`: kept heads/units/dims per layer,
-  p, λ. `prune()`: (dense model, PruneResult) with `counts` = image, text (no token embedding), total,
-  realised_sparsity, expected_sparsity, target_sparsity; `record` = kept indices (JSON) for
+  p, λ, the mask LR. `prune()`: (dense model, PruneResult) with `counts` = image, text (no token embedding), total,
+  prunable and prunable_original (the masked kinds' parameters), realised_sparsity (1 − their ratio: the same
+  parameters p and q count), expected_sparsity, target_sparsity, mask_lr; `record` = kept indices (JSON) for
   `apply_prune_record(fresh_model, record)` when resuming from a pruned checkpoint.
 - `state_dict()` / `load_state_dict()`: log α, λ1, λ2 and a check that stage, mask sites and reference match.
 - Bad input: `StructureError` names the tower and mask kind (`image_masks: 'hidden' ...`), pydantic errors name the
