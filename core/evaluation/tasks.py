@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch.utils.data import Dataset, Subset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import find_classes, make_dataset
 
 from ablate.core.config.base import ConfigError
 from ablate.core.data.dataset import IMAGE_EXTENSIONS, EvalDataset, decode_pil, decode_sample_image, model_view
@@ -90,9 +90,10 @@ def _imagefolder_task(task: EvalTaskConfig, where: str, folder: Path) -> Resolve
             f"{where}.classnames: {len(classnames)} names but {folder} has {len(folders)} class folders "
             f"(label i is the i-th folder in sorted order, e.g. {folders[0]!r})"
         )
-    files = make_dataset(str(folder), index, extensions=IMG_EXTENSIONS, allow_empty=True)
+    suffixes = tuple(f".{extension}" for extension in IMAGE_EXTENSIONS)  # what decode_pil reads (any case)
+    files = make_dataset(str(folder), index, extensions=suffixes, allow_empty=True)
     if not files:
-        raise ConfigError(f"{where}.path: {folder}: no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
+        raise ConfigError(f"{where}.path: {folder}: no images ({', '.join(suffixes)}) in its class folders")
     return ResolvedTask(task, where, files, classnames, templates)
 
 
