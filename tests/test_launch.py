@@ -3,7 +3,9 @@ MLflow agreeing trial by trial, failing trials that do not stop the study, relau
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -47,7 +49,10 @@ def write_study(folder: Path, shapes_root: Path, **changes: object) -> Path:
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> tuple[Path, LaunchResult]:
     path = write_study(tmp_path_factory.mktemp("launch"), shapes_root)
-    return path, launch(path, Console(quiet=True))
+    output = io.StringIO()  # not a terminal: the live view prints status lines (test_live_status_lines_in_logs)
+    result = launch(path, Console(file=output, width=400), status_every_s=1)
+    (path.parent / "launch.log").write_text(output.getvalue())
+    return path, result
 
 
 def test_trials_complete_or_fail_and_are_recorded(launched: tuple[Path, LaunchResult]) -> None:
@@ -65,6 +70,22 @@ def test_trials_complete_or_fail_and_are_recorded(launched: tuple[Path, LaunchRe
         assert trial.intermediate_values  # the job reported its evaluations to the study itself
         assert len(trial.user_attrs["mlflow_run_ids"]) == 2
     assert result.outcomes[0].label == "baseline default"  # baselines run first
+
+
+def test_live_status_lines_in_logs(launched: tuple[Path, LaunchResult]) -> None:
+    """Where the launcher's output is no terminal (CI, SLURM logs) it prints one status line per interval: ended
+    configurations by state, then each running job's step/total, loss, objective, elapsed time and ETA."""
+    path, _ = launched
+    log = (path.parent / "launch.log").read_text()
+    assert "\x1b[" not in log  # no cursor movement in a log file
+    status = [line for line in log.splitlines() if re.match(r"\d+ complete, \d+ pruned, \d+ failed; \d+ running", line)]
+    assert status, log
+    job = r"(baseline default|trial \d+) seed [01]"
+    assert any(re.search(rf"{job}: \d+/20, loss [\d.]+", line) for line in status), status
+    assert any(re.search(rf"{job}: \d+/20, loss [\d.]+, mean_top1 [\d.]+, \d+s, ETA \d+s", line) for line in status)
+    assert re.search(r"trial \d+ queued: captions=(alt|syn), root=", log)  # parameters as people read them
+    assert re.search(r"trial \d+ failed trial \d+ seed \d: ", log) and "manifest.json" in log  # why it ended
+    assert re.search(r"trial \d+ complete eval/zeroshot/mean_top1 = [\d.]+", log)
 
 
 def test_optuna_and_mlflow_agree_trial_by_trial(launched: tuple[Path, LaunchResult]) -> None:
