@@ -11,9 +11,10 @@ import pytest
 from scipy.stats import binomtest, hypergeom
 
 from ablate.core.config.base import ConfigError
-from ablate.core.quality import PRESETS, PlanRequest, double_plan, error_rate_interval, filter_dataset, single_plan
+from ablate.core.quality.acceptance import PRESETS, PlanRequest, double_plan, error_rate_interval, single_plan
 from ablate.core.quality.audit import JudgementsPending, run_audit
 from ablate.core.quality.detection import noisy_labels
+from ablate.core.quality.subset import filter_dataset
 
 
 def brute_single(pa: float, pr: float, alpha: float, beta: float, lot: int) -> tuple[int, int]:

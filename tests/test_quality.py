@@ -22,10 +22,10 @@ from ablate.core.data.reinforced_format import (
 )
 from ablate.core.data.shapes_render import COLOURS, SHAPES
 from ablate.core.data.tar_index import IndexedShards
-from ablate.core.quality import compute_quality, filter_dataset, load_scores, select_uids, subset_indices
 from ablate.core.quality.detection import detect_noise, noisy_labels
 from ablate.core.quality.scores import combine, record_scores, teacher_slices
-from ablate.core.quality.store import ranked_keep
+from ablate.core.quality.store import compute_quality, load_scores, ranked_keep, select_uids
+from ablate.core.quality.subset import filter_dataset, subset_indices
 
 WORDS = {word: i for i, word in enumerate((*COLOURS, *SHAPES))}
 TEACHER_DIMS = (24, 16)

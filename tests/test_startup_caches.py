@@ -104,3 +104,16 @@ def test_efficiency_is_measured_once_per_architecture(monkeypatch) -> None:
     assert len(keys) == 4
     efficiency_cache.cached_efficiency_metrics(changed[0], settings)
     assert len(measured) == 2
+
+
+def test_a_training_run_does_not_import_the_audit_statistics() -> None:
+    """scipy.stats (the quality audit's acceptance plans) cost seconds of every run's start-up; the trainer only
+    reads quality scores."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, ablate.core.training.trainer; print(sorted(m for m in sys.modules if m.startswith('scipy.stats')))"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert found.strip() == "[]"

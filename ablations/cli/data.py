@@ -74,9 +74,15 @@ def data_filter(
     rescore: bool = typer.Option(False, help="recompute quality.parquet even if it exists"),
 ) -> None:
     """Keep the best-captioned fraction of a reinforced dataset as a new dataset (scores cached beside shards)."""
-    from ablate.core.quality import QUALITY_FILE, compute_quality, filter_dataset, load_scores
     from ablate.core.quality.detection import detect_noise, noisy_labels
-    from ablate.core.quality.store import load_reinforcement_info, ranked_keep
+    from ablate.core.quality.store import (
+        QUALITY_FILE,
+        compute_quality,
+        load_reinforcement_info,
+        load_scores,
+        ranked_keep,
+    )
+    from ablate.core.quality.subset import filter_dataset
 
     try:
         if rescore or not (reinforced / QUALITY_FILE).is_file():
