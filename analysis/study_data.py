@@ -53,8 +53,11 @@ class StudyData:
 
     @cached_property
     def labels(self) -> pd.Series:
-        """Readable configuration label of every run (indexed like `runs`)."""
-        return config_labels(self.runs, self.params)
+        """Readable configuration label of every run (indexed like `runs`). When no parameter varies (one
+        configuration against baselines, as in `make demo`), the search space's values still name it:
+        `schedule=0.5` reads better than a hash."""
+        searched = [param_column(p) for p in self.info["search_space"]]
+        return config_labels(self.runs, self.params or [c for c in searched if c in self.runs.columns])
 
     @property
     def has_baseline(self) -> bool:

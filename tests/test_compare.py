@@ -205,3 +205,7 @@ def test_a_second_baseline_is_compared_to_the_first_declared_one():
     spec = {"baselines": {"mobileclip": {}, "clip": {}}}
     assert StudyData({"spec": spec}, done).reference_baseline == "mobileclip"
     assert StudyData({"spec": {}}, done).reference_baseline == "clip"  # no declared order: by name
+    # one searched configuration (nothing varies) is still named by its value, not by a hash
+    runs = done.assign(**{"param.compression.schedule": ["[0.5]"] * 9})
+    labels = StudyData({"spec": spec, "search_space": ["compression.schedule"]}, runs).labels
+    assert labels.tolist() == ["mobileclip"] * 3 + ["clip"] * 3 + ["schedule=[0.5]"] * 3
