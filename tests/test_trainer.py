@@ -141,11 +141,17 @@ def test_loader_workers_leave_slurm_checkpoint_signals_to_the_trainer() -> None:
         signal.signal(signal.SIGUSR2, previous)
 
 
-def test_final_evaluation_can_be_turned_off(tmp_path: Path, shapes_root: Path) -> None:
+def test_final_evaluation_can_be_turned_off(
+    tmp_path: Path, shapes_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """`eval.final: false`: the periodic evaluations run, the one after the last step does not; the run folder's
-    progress file (what `ablate launch`'s live table reads) holds the last step, loss and evaluation."""
+    progress file (what `ablate launch`'s live table reads) holds the last step, loss and evaluation; the run
+    says what it builds before it trains (what `ablate train` shows while it is otherwise silent)."""
     overrides = {"train.steps": 6, "train.eval_every": 4, "train.log_every": 2, "tracking.enabled": False}
-    result = train(TrainConfig.model_validate(fast_config(tmp_path, shapes_root, overrides | {"eval.final": False})))
+    config = TrainConfig.model_validate(fast_config(tmp_path, shapes_root, overrides | {"eval.final": False}))
+    with caplog.at_level("INFO", logger="ablate.train"):
+        result = train(config)
+    assert [r.getMessage() for r in caplog.records][:2] == ["building model tiny", "reading the data"]
     assert [step for step, _ in result.history] == [4]
     progress = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert (progress["step"], progress["total"], progress["eval_step"]) == (6, 6, 4)
