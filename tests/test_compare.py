@@ -209,3 +209,18 @@ def test_a_second_baseline_is_compared_to_the_first_declared_one():
     runs = done.assign(**{"param.compression.schedule": ["[0.5]"] * 9})
     labels = StudyData({"spec": spec, "search_space": ["compression.schedule"]}, runs).labels
     assert labels.tolist() == ["mobileclip"] * 3 + ["clip"] * 3 + ["schedule=[0.5]"] * 3
+
+
+def test_welch_against_a_constant_group_is_silent_and_exact():
+    """A dense baseline's parameter count is the same in every replicate: the test must neither warn (a red
+    box in the report) nor change its value; scipy's Welch test gives the same p-value."""
+    import warnings
+
+    constant, spread = np.full(3, 7782785.0), np.array([7714600.0, 7715100.0, 7715500.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = welch(spread, constant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = stats.ttest_ind(spread, constant, equal_var=False).pvalue
+    assert result.p_value == pytest.approx(expected, rel=1e-9)
