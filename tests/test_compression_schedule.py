@@ -9,13 +9,16 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+from test_compression_training import staged_config
 from train_helpers import fast_config
 
 from ablate.core.compression import Compressor, reference_sizes
 from ablate.core.config.loading import apply_overrides
 from ablate.core.config.sections import TrainConfig
 from ablate.core.models.factory import create_model
+from ablate.core.training.checkpoint import latest_checkpoint
 from ablate.core.training.optim import run_learning_rate, schedule_window
 from ablate.core.training.trainer import train
 
@@ -134,3 +137,21 @@ def test_a_two_stage_run_logs_its_lr_restart_mask_lr_and_sparsity_definition(
     assert run.data.tags["ablate.lr_schedule"] == "restart"
     assert run.data.params["optim.schedule_per_stage"] == "restart"
     assert "image: heads+intermediate+hidden" in run.data.tags["ablate.sparsity"]
+
+
+def test_a_restart_run_resumed_at_a_stage_boundary_ends_as_the_uninterrupted_one(
+    small_shapes: Path, reinforced_small: Path, tmp_path: Path
+) -> None:
+    """Stopped right after stage 1 (step 6 of 12: the LR is about to warm up again and stage 2's masks to be
+    attached) and resumed: the same weights, bit for bit, as the run that never stopped."""
+    straight = staged_config(tmp_path / "straight", small_shapes, reinforced_small)
+    interrupted = staged_config(tmp_path / "interrupted", small_shapes, reinforced_small)
+    assert straight.optim.schedule_per_stage == "restart" and straight.compression.plan()[1].start_step == 6
+    train(straight)
+    first = train(interrupted, [lambda step, metrics: step == 6])  # eval_every 6: asked once, at the boundary
+    assert first.stopped_early and first.steps == 6
+    train(interrupted)
+    final = [torch.load(latest_checkpoint(Path(c.run_dir) / "checkpoints").path) for c in (straight, interrupted)]
+    assert final[0]["model"].keys() == final[1]["model"].keys()
+    for name, tensor in final[0]["model"].items():
+        assert torch.equal(tensor, final[1]["model"][name]), name

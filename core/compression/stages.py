@@ -114,6 +114,15 @@ class CompressionStages:
         self.compressor = Compressor(model, self.config, plan.index, self.reference)
         return self.compressor.parameter_groups()
 
+    def groups_before_load(self, model: nn.Module, step: int, extra: dict) -> list[dict] | None:
+        """`begin_step` for the optimizer a run starts or resumes with: the mask groups it must hold before a
+        checkpoint's state (`extra`; {} for a fresh run) is loaded into it. A checkpoint saved at the step a mask
+        phase starts holds no compressor: that phase's masks are attached by the loop's `begin_step`, as in the
+        run that never stopped (attached here, the optimizer's groups disagreed with the checkpoint's)."""
+        if "compression" in extra and extra["compression"]["compressor"] is None:
+            return None
+        return self.begin_step(model, step)
+
     def sparsity_terms(self, step: int) -> dict[str, torch.Tensor] | None:
         if self.compressor is None:
             return None

@@ -119,7 +119,7 @@ class Trainer:
             model = self.stages.restore(build_model(config.model), extra)
         self.model = model.to(self.device)
         step = int(checkpoint.step) if checkpoint else 0
-        groups = self.stages.begin_step(self.model, step) if self.stages else None
+        groups = self.stages.groups_before_load(self.model, step, extra) if self.stages else None
         self.optimizer = build_optimizer(self.model, config.optim, groups or (), kernel=config.train.optimizer_kernel)
         self.ema = WeightAverage.for_run(self.model, config.optim, config.train.steps)  # None: optim.ema off
         restored = (
