@@ -80,7 +80,8 @@ def status_line(rows: Sequence[JobRow], counts: str, metric: str) -> str:
 
 
 def status_table(rows: Sequence[JobRow], counts: str, metric: str) -> Table:
-    table = Table("trial", "seed", "step", "loss", _short(metric), "elapsed", "ETA", title=f"running: {counts}")
+    columns = ("trial", "seed", "step", "loss", _short(metric), "elapsed", "ETA")
+    table = Table(*columns, title=f"{len(rows)} running; {counts}")
     for row in rows:
         table.add_row(row.trial, str(row.seed), *_cells(row, metric, named=False))
     return table

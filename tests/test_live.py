@@ -113,7 +113,7 @@ def test_terminal_redraws_a_table_in_place() -> None:
     status.stop()
     text = out.getvalue()
     assert "60/80" in text and "40/80" in text and "mean_top1" in text  # redrawn at every show, not once a line
-    assert "running: 1 complete, 0 pruned, 0 failed" in text
+    assert "1 running; 1 complete, 0 pruned, 0 failed" in text
     assert "\x1b[" in text  # cursor movement: the table is replaced, not appended
 
 
