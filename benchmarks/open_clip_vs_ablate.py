@@ -14,7 +14,9 @@ peak RSS from `wait4` (the process's own high-water mark). Per process:
 
 Ratios are ablate / open_clip per round; the summary gives their medians and ranges. Both trainers save a
 checkpoint at the end and evaluate retrieval on the same validation shards; ablate also runs its zero-shot
-tasks, and its efficiency metrics come from the per-architecture cache after the first run (as in a study).
+tasks (open_clip_train has none without ImageNet). Round 0 is a warm-up and is not counted: it fills the page
+cache, ablate's per-architecture efficiency cache and creates the MLflow database that the later rounds' runs
+log into, as repeated runs and the trials of a study do (creating the sqlite schema takes seconds).
 
 open_clip_train 3.3.0 fails on webdataset 1.0 (our pin: `KeyError: 'fname'` at the empty end-of-shard
 sample), so it runs as its users run it: in its own venv (`$ABLATE_CACHE/bench-venv`, created on first use)
@@ -214,7 +216,7 @@ def main() -> None:
             ours = timed_process(
                 Path(sys.executable),
                 "ablate",
-                ablate_arguments(args, data, run / "ablate", run / "mlflow.db"),
+                ablate_arguments(args, data, run / "ablate", scratch / "mlflow.db"),
                 run,
                 env,
             )
