@@ -2,10 +2,12 @@
 per-trial orchestration overhead on the local executor. A benchmark, not a test: run it by hand.
 
 Both schedulers run the same real trial jobs (tiny-model training runs of 5 or 80 steps, as trials differ when
-they vary model size or steps) through the same submitit LocalExecutor with the same slots:
+they vary model size or steps) with the same slots:
 
-- async: ablate's StudyScheduler (`ablate launch`);
-- batch: submit `parallel` jobs, wait for the slowest, repeat (what hydra-optuna-sweeper does with n_jobs).
+- async: ablate's StudyScheduler (`ablate launch`), whose local trials fork from a warm worker
+  (slurm/warm_pool.py: imports and shard indexes done once);
+- batch: submit `parallel` jobs to submitit's LocalExecutor (a fresh process each), wait for the slowest,
+  repeat (what hydra-optuna-sweeper does with n_jobs).
 
 Utilisation = busy slot-seconds / (slots x makespan). Overhead = time from a slot being given a job to that
 job's training run starting (process start + imports + MLflow run creation), read from the job ledger and the
