@@ -136,7 +136,7 @@ def _mask_gradients(config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> tup
     return trainer, seen
 
 
-@pytest.mark.slow  # Dynamo traces the tiny CLIP four times (about a minute of CPU)
+@pytest.mark.slow  # Dynamo traces the tiny CLIP several times (about 30 s on 2 idle cores)
 def test_stage_two_mask_gradients_of_a_compiled_run_equal_the_eager_runs(
     small_shapes: Path,
     reinforced_small: Path,

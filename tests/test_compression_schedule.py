@@ -94,6 +94,7 @@ def test_the_compressor_of_each_stage_trains_log_alpha_at_that_stage_mask_lr() -
     assert third.log_metrics()["compression/mask_lr"] == pytest.approx(0.1)
 
 
+@pytest.mark.slow  # trains (about a minute on 2 cores)
 def test_a_two_stage_run_logs_its_lr_restart_mask_lr_and_sparsity_definition(
     small_shapes: Path, reinforced_small: Path, tmp_path: Path
 ) -> None:
@@ -139,6 +140,7 @@ def test_a_two_stage_run_logs_its_lr_restart_mask_lr_and_sparsity_definition(
     assert "image: heads+intermediate+hidden" in run.data.tags["ablate.sparsity"]
 
 
+@pytest.mark.slow  # trains (about a minute on 2 cores)
 def test_a_restart_run_resumed_at_a_stage_boundary_ends_as_the_uninterrupted_one(
     small_shapes: Path, reinforced_small: Path, tmp_path: Path
 ) -> None:
