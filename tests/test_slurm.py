@@ -367,7 +367,7 @@ def job_logs(spec_path: Path) -> str:
     return "\n".join(path.read_text(errors="replace") for path in sorted(jobs.glob("*_log.*")))
 
 
-def assert_resumed_run(path: Path, run_dir: Path, reference: Path) -> None:
+def assert_resumed_run(path: Path, run_dir: Path, reference: Path, steps: int = REQUEUE_TRAIN["steps"]) -> None:
     """One MLflow run that finished after its restarts, with the reference's final metrics."""
     assert final_metrics(run_dir) == pytest.approx(final_metrics(reference), abs=1e-6)
     (run,) = [r for r in trial_runs(path) if r.data.tags.get("ablate.trial_number") == "0"]
@@ -375,7 +375,7 @@ def assert_resumed_run(path: Path, run_dir: Path, reference: Path) -> None:
     assert run.data.tags["ablate.resumed"] == "true" and "ablate.error" not in run.data.tags
     assert int(run.data.tags["ablate.slurm_restarts"]) == job_record(run_dir)["slurm_restarts"] >= 1
     assert run.data.metrics["slurm/runs"] == job_record(run_dir)["slurm_restarts"] + 1
-    assert run.data.params["train.steps"] == str(REQUEUE_TRAIN["steps"])  # params were not logged twice
+    assert run.data.params["train.steps"] == str(steps)  # params were not logged twice
 
 
 def test_scontrol_requeue_resumes_and_matches_an_uninterrupted_run(requeued: dict) -> None:
@@ -397,6 +397,103 @@ def test_time_limit_requeues_and_matches_an_uninterrupted_run(requeued: dict) ->
     logs = job_logs(path)
     assert "this job is timed-out" in logs and "Requeued job" in logs
     MEASUREMENTS["time_limit_restarts"] = job_record(trial_dir)["slurm_restarts"]
+
+
+# -- a two-task trial requeued by hand and at its time limit: every rank resumes from the same checkpoint -----
+# As the single-task fixture above (same configuration and timing trick), with `tasks_per_node: 2`: submitit's
+# handler on rank 0 alone checkpoints and requeues at USR2 (rank 1 gets the signal too and goes on), SLURM then
+# requeues the whole job, and each rank's trainer reads the run folder's latest checkpoint before its first
+# collective, so both start from the step rank 0 saved last; each task's log says which step it started from.
+TWO_TASKS = {"kind": "slurm", "poll_seconds": 1.0, "retries": 0, "tasks_per_node": 2}
+# Shorter than REQUEUE_TRAIN (the node runs one 2-task job at a time) and checkpointed more often, so that a
+# run cut ~55 s in by the time limit still saves progress on a loaded machine.
+TWO_TASK_TRAIN = {"steps": 160, "batch_size": 8, "eval_every": 160, "log_every": 10, "checkpoint_every": 5}
+
+
+@pytest.fixture(scope="module")
+def two_task_by_hand(slurm_cluster: dict, tmp_path_factory: pytest.TempPathFactory, shapes_root: Path):
+    """An uninterrupted 2-task reference and a 2-task trial requeued by hand after its first checkpoint (the
+    node's two CPUs hold one such job at a time, so they run one after the other)."""
+    path = slurm_study(
+        tmp_path_factory.mktemp("two-task-requeue"),
+        shapes_root,
+        "two-task-requeue",
+        TWO_TASK_TRAIN,
+        baselines={"reference": {"overrides": {}}},
+        budget={"trials": 1, "parallel": 2},
+        executor={**TWO_TASKS, "timeout_min": 15, "slurm": {"cpus_per_task": 1}},
+    )
+    launcher, outcome = launch_in_thread(path)
+    trial_dir = prepare(path)[0].run_folder.resolve() / "trials" / "00000" / "seed-0"
+    wait_until(lambda: latest_checkpoint(trial_dir / "checkpoints") is not None, 1200, "a first checkpoint")
+    step_at_requeue = latest_checkpoint(trial_dir / "checkpoints").step
+    subprocess.run(["scontrol", "requeue", job_record(trial_dir)["job_id"]], check=True, timeout=60)
+    launcher.join(timeout=1200)
+    assert outcome, "the launcher did not finish"
+    return {"path": path, "step_at_requeue": step_at_requeue}
+
+
+@pytest.fixture(scope="module")
+def two_task_time_limit(two_task_by_hand: dict, tmp_path_factory: pytest.TempPathFactory, shapes_root: Path):
+    """A 2-task trial under a 2-minute limit, USR2 60 s before it (slurmctld restarted once the step runs, so
+    the first signal lands ~30 s in, as in the single-task fixture)."""
+    path = slurm_study(
+        tmp_path_factory.mktemp("two-task-time-limit"),
+        shapes_root,
+        "two-task-time-limit",
+        TWO_TASK_TRAIN,
+        executor={
+            **TWO_TASKS,
+            "timeout_min": 2,
+            "slurm": {"cpus_per_task": 1, "signal_delay_s": 60, "max_requeues": 40},
+        },
+    )
+    launcher, outcome = launch_in_thread(path)
+    wait_until_step_runs(prepare(path)[0].run_folder / "jobs")
+    restart_slurmctld()
+    launcher.join(timeout=1500)
+    assert outcome, "the launcher did not finish"
+    return path
+
+
+def rank_logs(path: Path, run_dir: Path) -> list[str]:
+    """The stderr log of each task of the job that ran `run_dir` (submitit: <job id>_<task>_log.err)."""
+    jobs = prepare(path)[0].run_folder / "jobs"
+    job_id = job_record(run_dir)["job_id"]
+    return [(jobs / f"{job_id}_{task}_log.err").read_text(errors="replace") for task in range(2)]
+
+
+def assert_every_rank_resumed_alike(path: Path, run_dir: Path) -> list[int]:
+    rank0, rank1 = (_resumed_steps(log) for log in rank_logs(path, run_dir))
+    assert rank0 and rank0 == rank1, (rank0, rank1)
+    return [int(step) for step in rank0]
+
+
+@pytest.mark.timeout(1800)  # two 2-task jobs one after the other on the node's two CPUs
+def test_a_two_task_trial_requeued_by_hand_resumes_every_rank_from_one_checkpoint(two_task_by_hand: dict) -> None:
+    path = two_task_by_hand["path"]
+    folder = prepare(path)[0].run_folder.resolve()
+    trial_dir, reference = folder / "trials" / "00000" / "seed-0", folder / "baselines" / "reference" / "seed-0"
+    assert_resumed_run(path, trial_dir, reference, TWO_TASK_TRAIN["steps"])
+    resumed_at = assert_every_rank_resumed_alike(path, trial_dir)
+    assert two_task_by_hand["step_at_requeue"] <= resumed_at[0] < TWO_TASK_TRAIN["steps"]
+    job_id = job_record(trial_dir)["job_id"]
+    rows = [r for r in sacct_rows([job_id], "JobID,State,AllocCPUS") if r["JobID"] == job_id]  # a row per run
+    assert [r["State"] for r in rows] == ["REQUEUED", "COMPLETED"] and {r["AllocCPUS"] for r in rows} == {"2"}
+    MEASUREMENTS["two_task_requeue_resumed_at_step"] = resumed_at
+
+
+@pytest.mark.timeout(2400)  # a run of about a minute per requeue
+def test_a_two_task_trial_at_its_time_limit_requeues_and_resumes_every_rank(
+    two_task_by_hand: dict, two_task_time_limit: Path
+) -> None:
+    path = two_task_time_limit
+    trial_dir = prepare(path)[0].run_folder.resolve() / "trials" / "00000" / "seed-0"
+    reference = prepare(two_task_by_hand["path"])[0].run_folder.resolve() / "baselines" / "reference" / "seed-0"
+    assert_resumed_run(path, trial_dir, reference, TWO_TASK_TRAIN["steps"])
+    MEASUREMENTS["two_task_time_limit_resumed_at_steps"] = assert_every_rank_resumed_alike(path, trial_dir)
+    assert "this job is timed-out" in job_logs(path) and "Requeued job" in job_logs(path)
+    MEASUREMENTS["two_task_time_limit_restarts"] = job_record(trial_dir)["slurm_restarts"]
 
 
 def _resumed_steps(log: str) -> list[str]:
