@@ -305,15 +305,15 @@ def test_failed_and_pruned_runs_are_listed_but_not_counted(rich, rich_data):
     front = dict(zip(results["configuration"], results["pareto"], strict=True))
     assert front == {
         "lambda=1, lr=0.01": True,
-        "lambda=0.5, lr=0.001": True,
-        "lambda=0, lr=0.0001": True,
+        "lambda=0.5, lr=1e-3": True,
+        "lambda=0, lr=1e-4": True,
         BASELINE: False,
     }
     assert results.loc[results["baseline"].isna(), "method"].tolist() == ["welch"] * 3
     table = results_table(results)
     assert table["mean ± 95% CI"].iloc[0] == "0.8000 ± 1.2706"
     assert table["Pareto"].tolist() == results["pareto"].map({True: "✓", False: ""}).tolist()
-    assert table["configuration"].iloc[:2].tolist() == ["lambda=1, lr=0.01", "lambda=0.5, lr=0.001"]
+    assert table["configuration"].iloc[:2].tolist() == ["lambda=1, lr=0.01", "lambda=0.5, lr=1e-3"]
 
 
 def test_summary_names_best_configuration_baseline_counts_and_compute(rich_data):
@@ -331,7 +331,7 @@ def test_summary_names_best_configuration_baseline_counts_and_compute(rich_data)
 def test_summary_without_baseline_compares_best_and_worst(tmp_path):
     study = build_study(tmp_path, baseline=False, failed=False, seeds=(0, 1, 2))
     text = summary_markdown(load_study_data(study.study, study.tracking_uri))
-    assert "vs the worst, lambda=0, lr=0.0001: 0.7000 ± 0.4968 (n=3): +0.2000 [95% CI" in text
+    assert "vs the worst, lambda=0, lr=1e-4: 0.7000 ± 0.4968 (n=3): +0.2000 [95% CI" in text
     assert "welch p = " in text
 
 
