@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -54,11 +54,6 @@ def peak_tflops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for card, peak in PEAK_BF16_TFLOPS.items() if card in name), None)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def device_tests(device: torch.device, out: Path, timeout_s: int, selection: str | None) -> dict:
@@ -111,21 +106,6 @@ def train_step_section(device: torch.device, quick: bool) -> list[dict]:
     return rows
 
 
-def best_seconds(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Best-of-`repeats` wall seconds per run (synchronised on CUDA), runs interleaved after one warm-up each."""
-    for run in runs.values():
-        run()
-    best = dict.fromkeys(runs, math.inf)
-    for _ in range(repeats):
-        for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def token_merging_section(device: torch.device, quick: bool) -> list[dict]:
     """ToMe on a ViT-B/16 image tower (quick: a 4-block ViT-Ti at 64 px): images/s and FLOPs per merge count r."""
     torch.manual_seed(0)
@@ -147,13 +127,14 @@ def token_merging_section(device: torch.device, quick: bool) -> list[dict]:
                     h.enabled = enabled
                     return tower(images)
 
-                seconds = best_seconds({"exact": lambda: run(False), "merged": lambda: run(True)}, 3, device)
-                exact_flops, merged_flops = forward_flops(lambda: run(False)), forward_flops(lambda: run(True))
+                exact, merged = (lambda: run(False)), (lambda: run(True))
+                speeds = train_step.measure({"exact": exact, "merged": merged}, 3, batch, device)
+                exact_flops, merged_flops = forward_flops(exact), forward_flops(merged)
             rows.append(
                 {
                     "r": r,
-                    "images_per_s": batch / seconds["merged"],
-                    "speedup": seconds["exact"] / seconds["merged"],
+                    "images_per_s": statistics.median(speeds["merged"]),
+                    "speedup": train_step.paired_ratio(speeds["merged"], speeds["exact"]),
                     "flop_ratio": exact_flops / merged_flops,
                 }
             )
@@ -179,13 +160,13 @@ def pruned_latency_section(device: torch.device, quick: bool) -> dict:
     models = {"dense": dense.to(device), "pruned": pruned.to(device)}
     dtype = torch.bfloat16 if device.type == "cuda" else None
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        seconds = best_seconds({k: lambda m=m: m(images, tokens) for k, m in models.items()}, 5, device)
+        speeds = train_step.measure({k: lambda m=m: m(images, tokens) for k, m in models.items()}, 5, batch, device)
     parameters = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     return {
         "model": name,
         "batch": batch,
-        "seconds": seconds,
-        "speedup": seconds["dense"] / seconds["pruned"],
+        "seconds": {k: batch / statistics.median(v) for k, v in speeds.items()},
+        "speedup": train_step.paired_ratio(speeds["pruned"], speeds["dense"]),
         "parameters": parameters,
         "parameter_ratio": parameters["pruned"] / parameters["dense"],
         "prune_counts": counts,
