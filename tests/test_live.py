@@ -145,3 +145,22 @@ def test_prune_reason_widens_digits_where_three_would_tie() -> None:
     study, number = median_study([{10: 0.4312}, {10: 0.4318}], {10: 0.4311})
     spec = type("Spec", (), {"pruner": PrunerSpec(name="median")})()
     assert prune_reason(study, number, spec) == "at step 10 (0.4311 < median 0.4315 of 2 complete trials)"
+
+
+def test_training_progress_is_said_in_lines_where_the_console_is_no_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bar is redrawn only on a terminal; in a log (CI, SLURM, a launcher building teachers) the trainer says
+    where it is in lines instead, at most every LINE_EVERY_S and at the last step."""
+    from ablate.core.training import progress as progress_module
+
+    monkeypatch.setattr(progress_module, "LINE_EVERY_S", 3600.0)
+    with progress_module.RunProgress(tmp_path, True, total=20, start=0) as progress:
+        progress.logged(10, 2.5, 100.0)  # within the interval: no line
+        progress.logged(20, 1.25, 120.0)  # the last step: always a line
+    monkeypatch.setattr(progress_module, "LINE_EVERY_S", 0.0)
+    with progress_module.RunProgress(tmp_path, True, total=20, start=0) as progress:
+        progress.logged(5, 3.0, 90.0)
+    out = capsys.readouterr().out
+    assert "train step 10/20" not in out
+    assert "train step 20/20, loss 1.250, 120 samples/s" in out and "train step 5/20, loss 3.000" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,10 +39,20 @@ def launch(
                 # markup=False: plan lines quote the study file ("[int]", a description with "[/x]"), not rich markup
                 console.print(line, highlight=False, soft_wrap=True, markup=False)
             return
+        _log_to_console()  # the first launch builds bundled data and teachers: say so while it happens
         result = run_study(study, console, status_every)
     except USER_ERRORS as err:
         fail(str(err))
     _print_outcomes(result)
+
+
+def _log_to_console() -> None:
+    """Our own INFO lines (teachers being trained, data being reinforced) on stderr; other libraries stay quiet."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("ablate")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
 
 
 def _print_outcomes(result: LaunchResult) -> None:

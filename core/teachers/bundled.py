@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ class TeacherRecipe:
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
+
+log = logging.getLogger("ablate.teachers")
 
 BUNDLED_RECIPE = TeacherRecipe()
 # `make demo`'s teacher (`teachers.recipe: demo`): the whole demo must fit ~12 minutes on 2 cores, so one `tiny`
@@ -114,6 +117,15 @@ def train_teachers(recipe: TeacherRecipe = BUNDLED_RECIPE, progress: bool = True
             run_dir = _teacher_run_dir(recipe, index)
             done = run_dir / "result.json"
             if not done.is_file():
+                log.info(
+                    "training teacher %d of %d (%s, %d steps at batch %d) into %s: built once, cached afterwards",
+                    index + 1,
+                    len(recipe.models),
+                    model,
+                    recipe.steps,
+                    recipe.batch_size,
+                    run_dir,
+                )
                 result = train(teacher_config(recipe, index, run_dir, progress))
                 done.write_text(json.dumps({"steps": result.steps, "metrics": result.metrics}, indent=2))
             specs.append(TeacherSpec(model=model, checkpoint=str(run_dir), logit_scale=recipe.logit_scale))
@@ -139,6 +151,7 @@ def bundled_reinforcement(data: DataConfig, progress: bool = True, recipe: Teach
     if info is not None and len(info.shards) == len(load_manifest(source).shard_paths(BUNDLED_REINFORCEMENT.split)):
         return out
     with _exclusive(out):
+        log.info("storing %d teachers' embeddings of %s into %s (built once)", len(teachers), source, out)
         reinforce_dataset(source, teachers, out, BUNDLED_REINFORCEMENT, progress=progress)
     return out
 

@@ -19,6 +19,7 @@ from types import TracebackType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 PROGRESS_FILE = "progress.json"
+LINE_EVERY_S = 30.0  # where the console is no terminal (CI logs, SLURM, a launcher's log), a line this often
 
 
 def read_progress(run_dir: Path) -> dict | None:
@@ -45,6 +46,9 @@ class RunProgress:
         ]
         self.bar = Progress(*columns, disable=not show_bar, transient=False)
         self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), speed=0.0)
+        # A bar is only redrawn on a terminal; elsewhere rich prints it once, at the end: say lines instead.
+        self.lines = show_bar and not self.bar.console.is_terminal
+        self.last_line = time.monotonic()
 
     def __enter__(self) -> RunProgress:
         self.bar.__enter__()
@@ -61,6 +65,12 @@ class RunProgress:
         self.bar.update(self.task, completed=step, loss=loss, speed=samples_per_s)
         self.record |= {"step": step, "loss": loss}
         self._write()
+        if self.lines and (time.monotonic() - self.last_line >= LINE_EVERY_S or step == self.record["total"]):
+            self.last_line = time.monotonic()
+            self.bar.console.print(
+                f"train step {step}/{self.record['total']}, loss {loss:.3f}, {samples_per_s:.0f} samples/s",
+                highlight=False,
+            )
 
     def evaluated(self, step: int, metrics: dict[str, float]) -> None:
         self.record |= {"eval_step": step, "eval": metrics}
