@@ -18,6 +18,7 @@ signal handlers, so a preemption signal that arrives while torch is still loadin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -172,7 +173,8 @@ class TrialJob(submitit.helpers.Checkpointable):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         spec = StudySpec.model_validate(self.spec)
         config = TrainConfig.model_validate(self.config)
-        inputs = prepare_inputs(config, progress=False)  # built by the launcher already: only found here
+        # Built by the launcher already, only found here; resolved inside the run, so a missing input fails it.
+        inputs = functools.partial(prepare_inputs, progress=False)
         if _join_trial_processes():  # ranks > 0 of a multi-process trial: train, leave the records to rank 0
             train(config, inputs=inputs)
             return None

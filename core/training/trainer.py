@@ -48,6 +48,7 @@ from ablate.core.training.tracking import RunTracker
 
 log = logging.getLogger("ablate.train")
 
+Inputs = RunInputs | Callable[[TrainConfig], RunInputs] | None
 EvalCallback = Callable[[int, dict[str, float]], bool]
 """on_eval(step, metrics) -> True to stop the run early (e.g. the trial was pruned)."""
 
@@ -72,9 +73,10 @@ def result_metric_names(zero_shot_tasks: Iterable[str], eval_tasks: Sequence[Eva
     return names + suite_metric_names(zero_shot_tasks, eval_tasks) + efficiency_metric_names()
 
 
-def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: RunInputs | None = None) -> TrainResult:
+def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: Inputs = None) -> TrainResult:
     """Run (or resume) one training run to its last step, or until a callback asks to stop. `inputs`: the
-    prepared teachers and reinforced data (`teachers.bundled.prepare_inputs`); by default the config's own."""
+    prepared teachers and reinforced data (`teachers.bundled.prepare_inputs`), or the function that prepares them
+    from the config, called inside the run so that a failure there is recorded on it; by default the config's."""
     return Trainer(config, callbacks, inputs).run()
 
 
@@ -82,7 +84,7 @@ class Trainer:
     """Builds the run's pieces once (model, optimizer, data, tracker) and drives the step loop."""
 
     def __init__(
-        self, config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: RunInputs | None = None
+        self, config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: Inputs = None
     ) -> None:
         self.config, self.callbacks = config, list(callbacks)
         self.given_inputs = inputs
@@ -106,7 +108,8 @@ class Trainer:
         """Model, optimizer (restored from the latest checkpoint if any) and data; inside `run` so that a
         failure here (a missing dataset, an unknown model) is recorded on the run."""
         config = self.config
-        self.inputs = self.given_inputs if self.given_inputs is not None else direct_inputs(config)
+        given = self.given_inputs
+        self.inputs = given if isinstance(given, RunInputs) else (given or direct_inputs)(config)
         checkpoint = latest_checkpoint(self.checkpoint_dir)
         extra = checkpoint_extra(checkpoint.path) if checkpoint else {}
         self.stages = CompressionStages(config.compression) if config.compression else None
