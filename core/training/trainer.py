@@ -83,9 +83,7 @@ def train(config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: I
 class Trainer:
     """Builds the run's pieces once (model, optimizer, data, tracker) and drives the step loop."""
 
-    def __init__(
-        self, config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: Inputs = None
-    ) -> None:
+    def __init__(self, config: TrainConfig, callbacks: Sequence[EvalCallback] = (), inputs: Inputs = None) -> None:
         self.config, self.callbacks = config, list(callbacks)
         self.given_inputs = inputs
         self.threads = configure_threads(config.train.threads)
