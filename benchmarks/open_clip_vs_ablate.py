@@ -60,27 +60,22 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
+def _printed(python: Path, code: str) -> str:
+    """What `code` prints when run by the interpreter `python`."""
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def bench_venv(folder: Path) -> Path:
     """The open_clip venv's python, created (once) with open_clip_torch[training] at our open_clip version."""
     python = folder / "bin" / "python"
     if (folder / "ready").is_file():
         return python
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    site = _printed(python, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     (Path(site) / "zz_reuse_torch_stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     requirement = f"open_clip_torch[training]=={open_clip.__version__}"
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", requirement], check=True)
-    found = subprocess.run(
-        [str(python), "-c", "import webdataset, open_clip_train; print(webdataset.__file__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    found = _printed(python, "import webdataset, open_clip_train; print(webdataset.__file__)")
     if not found.startswith(str(folder)):
         raise RuntimeError(f"the bench venv imports webdataset from {found}, not from its own site-packages")
     (folder / "ready").touch()
