@@ -40,6 +40,9 @@ def test_demo_arms_are_the_recipe_plain_clip_and_a_compressed_student() -> None:
     # every arm trains inside the recipe: its optimiser, schedule and captions, the same data and steps
     for config in everything:
         assert (config.optim.beta2, config.optim.weight_decay, config.optim.min_lr_ratio) == (0.95, 0.2, 0.001)
+        # one warmup and LR for all: the preset's 1 % warmup (one step here) left plain CLIP at chance
+        assert (config.optim.lr, config.optim.warmup_fraction) == (recipe.optim.lr, recipe.optim.warmup_fraction)
+        assert config.optim.warmup_for(config.train.steps) >= 10
         assert (config.data.captions, config.data.shapes_train, config.train.steps) == (
             "both",
             recipe.data.shapes_train,
