@@ -23,7 +23,7 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	HF_HUB_OFFLINE=1 $(BIN)/pytest
+	HF_HUB_OFFLINE=1 $(BIN)/pytest --numprocesses auto --maxprocesses 4 --dist loadfile
 
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
