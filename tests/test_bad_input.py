@@ -329,3 +329,11 @@ def test_path_problems_and_bad_uris_in_other_verbs_are_user_errors(tmp_path: Pat
     assert code == 2 and "--tracking-uri htp://x: unknown scheme 'htp'" in output
     code, output = run_cli("status", "nosuch", "--runs-root", str(tmp_path))
     assert code == 2 and "nosuch" in output
+
+
+def test_a_long_path_in_an_error_is_printed_whole_where_no_terminal_is(tmp_path: Path) -> None:
+    """CI and SLURM logs are not terminals: rich broke error lines at 80 columns, splitting the path inside."""
+    missing = tmp_path / ("a-folder-name-long-enough-to-cross-eighty-columns-" * 2) / "config.yaml"
+    result = CliRunner().invoke(app, ["train", str(missing)])
+    assert result.exit_code == 2
+    assert str(missing) in result.output, result.output

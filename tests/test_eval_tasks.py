@@ -265,7 +265,7 @@ def test_launch_dry_run_checks_eval_tasks(tmp_path: Path, small_shapes: Path) ->
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     result = CliRunner().invoke(app, ["launch", str(path), "--dry-run"])
-    text = " ".join(result.output.split())  # rich wraps long lines
+    text = result.output
     assert result.exit_code == 2, text
     assert f"study.yaml: eval.tasks[0].path: {tmp_path / 'missing'}: no such folder" in text
     assert "Traceback" not in text

@@ -53,6 +53,8 @@ def fail(message: str) -> None:
     ]
     if len(lines) > MAX_ERROR_LINES:
         lines = [*lines[:MAX_ERROR_LINES], f"... ({len(lines) - MAX_ERROR_LINES} more lines)"]
-    # escaped: a quoted value such as `[/x]` is text, not rich markup (unescaped, it raised a MarkupError)
-    errors.print("[bold red]error:[/] " + escape("\n".join(lines)), highlight=False)
+    # escaped: a quoted value such as `[/x]` is text, not rich markup (unescaped, it raised a MarkupError);
+    # soft-wrapped: rich would otherwise break lines at 80 columns where no terminal is (CI and SLURM logs),
+    # splitting a path inside the message into two halves that can no longer be copied or searched for
+    errors.print("[bold red]error:[/] " + escape("\n".join(lines)), highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
