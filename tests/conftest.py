@@ -12,6 +12,11 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # `make test` runs one worker per core: two workers training with 2 threads each on 2 cores made every run
+    # ~3x slower than alone (OpenMP threads spinning), so each worker and the processes it starts get its share
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
 SMALL_TRAIN, SMALL_VAL = 1536, 256
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from ablate.ablations.scheduler import prepare
 from ablate.core.config.loading import apply_overrides
+
+# Threads per training run: 2, or the share of the cores conftest.py gives each pytest-xdist worker
+TRAIN_THREADS = int(os.environ.get("OMP_NUM_THREADS", "2")) if "PYTEST_XDIST_WORKER_COUNT" in os.environ else 2
 
 
 def fast_config(tmp_path: Path, shapes_root: Path, overrides: dict | None = None) -> dict:
@@ -27,7 +31,7 @@ def fast_config(tmp_path: Path, shapes_root: Path, overrides: dict | None = None
             "eval_every": 15,
             "checkpoint_every": 10,
             "log_every": 5,
-            "threads": 2,
+            "threads": TRAIN_THREADS,
             "progress": False,
         },
         "eval": {"batch_size": 128, "max_samples": 128, "efficiency": False},
