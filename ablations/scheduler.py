@@ -59,6 +59,15 @@ class GroupOutcome:
     params: dict[str, Any]
     values: list[float] | None = None
     error: str | None = None
+    baseline: str | None = None  # the baseline's name for a baseline's configuration
+
+
+def configuration_text(spec: StudySpec, params: dict[str, Any], baseline: str | None = None) -> str:
+    """How a configuration is named on the terminal: a baseline by its description (a preset's dozen keys
+    wrapped over as many lines said less than `MobileCLIP-S* recipe: λ = 1, ...`), a trial by its parameters."""
+    if baseline is not None and spec.baselines[baseline].description:
+        return spec.baselines[baseline].description
+    return params_text(params) or "base configuration"
 
 
 @dataclass
@@ -221,7 +230,7 @@ class StudyScheduler:
             self._finish_group(group)
         else:
             self.pending.extend(r for r in group.replicates if not r.finished)
-            shown = params_text(group.params) or "base configuration"
+            shown = configuration_text(self.spec, group.params, group.baseline)
             self.console.print(f"{group.label} queued: {shown}", highlight=False)
 
     def _trial_job(self, replicate: Replicate) -> TrialJob | None:
@@ -328,6 +337,7 @@ class StudyScheduler:
             except KeyError as err:
                 error = f"objective metric {err} was not logged by the run"
                 outcome = GroupOutcome(group.label, "failed", group.params, error=error)
+        outcome.baseline = group.baseline
         if group.trial is not None:
             self._tell(group, outcome)
         self.result.outcomes.append(outcome)

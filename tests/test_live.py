@@ -164,3 +164,19 @@ def test_training_progress_is_said_in_lines_where_the_console_is_no_terminal(
     out = capsys.readouterr().out
     assert "train step 10/20" not in out
     assert "train step 20/20, loss 1.250, 120 samples/s" in out and "train step 5/20, loss 3.000" in out
+
+
+def test_a_baseline_is_named_by_its_description_and_a_trial_by_its_parameters() -> None:
+    """The demo's baselines expand the `mobileclip` preset into a dozen overrides: listing them wrapped the
+    closing table over a dozen lines; a trial's few searched parameters are what tells it apart."""
+    from ablate.ablations.scheduler import configuration_text
+    from ablate.ablations.spec import load_study
+
+    spec, _ = load_study(Path(__file__).parents[1] / "ablations" / "studies" / "demo.yaml")
+    recipe = spec.baselines["mobileclip"]
+    assert len(recipe.overrides) > 10 and recipe.description.startswith("MobileCLIP-S* recipe")
+    assert configuration_text(spec, recipe.overrides, "mobileclip") == recipe.description
+    assert configuration_text(spec, {"optim.lr": 0.0013274414292574908}, None) == "lr=1.33e-3"
+    assert configuration_text(spec, {}, None) == "base configuration"
+    spec.baselines["mobileclip"].description = ""
+    assert configuration_text(spec, {"loss.lambda": 0.0}, "mobileclip") == "lambda=0"

@@ -56,14 +56,16 @@ def _log_to_console() -> None:
 
 
 def _print_outcomes(result: LaunchResult) -> None:
-    from ablate.analysis.formatting import number, params_text
+    from ablate.ablations.scheduler import configuration_text
+    from ablate.analysis.formatting import number
 
     spec = result.spec
     metrics = [objective.metric for objective in spec.objectives]
     table = Table("configuration", "state", *metrics, "params", title=f"study {spec.name}: this launch")
     for outcome in result.outcomes:
         values = [number(v) for v in outcome.values] if outcome.values else ["-"] * len(metrics)
-        table.add_row(outcome.label, outcome.state, *values, params_text(outcome.params))
+        shown = configuration_text(spec, outcome.params, outcome.baseline)
+        table.add_row(outcome.label, outcome.state, *values, shown)
     console.print(table)
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {spec.storage.mlflow}")
     console.print(f"Status:    ablate status {spec.name}    Report: ablate report {spec.name}")
