@@ -174,7 +174,7 @@ def test_a_baseline_is_named_by_its_description_and_a_trial_by_its_parameters() 
 
     spec, _ = load_study(Path(__file__).parents[1] / "ablations" / "studies" / "demo.yaml")
     recipe = spec.baselines["mobileclip"]
-    assert len(recipe.overrides) > 10 and recipe.description.startswith("MobileCLIP-S* recipe")
+    assert len(recipe.overrides) > 10 and recipe.description.startswith("the MobileCLIP-S* recipe")
     assert configuration_text(spec, recipe.overrides, "mobileclip") == recipe.description
     assert configuration_text(spec, {"optim.lr": 0.0013274414292574908}, None) == "lr=1.33e-3"
     assert configuration_text(spec, {}, None) == "base configuration"
