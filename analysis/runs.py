@@ -185,6 +185,9 @@ def _runs_frame(runs: list[Run]) -> pd.DataFrame:
     frame = frame.astype({"trial_number": "Int64", "seed": "Int64"})
     for column in ("baseline", "error"):
         frame[column] = _none_if_missing(frame[column])
+    # the loop and astype leave one block per column: a copy consolidates them, else every later insert (here and
+    # in the report's tables) printed pandas' "highly fragmented" PerformanceWarning into the report
+    frame = frame.copy()
     frame["start_time"] = pd.to_datetime(frame["start_time"], unit="ms", utc=True)
     frame["end_time"] = pd.to_datetime(frame["end_time"], unit="ms", utc=True)
     frame["duration_s"] = (frame["end_time"] - frame["start_time"]).dt.total_seconds()
