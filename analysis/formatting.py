@@ -37,3 +37,10 @@ def params_text(params: Mapping[str, object], digits: int = 3) -> str:
     short = [name.rsplit(".", 1)[-1] for name in params]
     keys = [name if short.count(part) > 1 else part for name, part in zip(params, short, strict=True)]
     return ", ".join(f"{key}={number(value, digits)}" for key, value in zip(keys, params.values(), strict=True))
+
+
+def table_number(value: float, digits: int = 4, signed: bool = False) -> str:
+    """A statistic in a report: `digits` decimals for accuracies and the like, `digits` significant digits from
+    1000 up (parameter counts read 6.306e+06 ± 2.398e+05, not 6306066.0000 ± 239807.6893)."""
+    sign = "+" if signed else ""
+    return f"{value:{sign}.{digits}g}" if abs(value) >= 1000 else f"{value:{sign}.{digits}f}"

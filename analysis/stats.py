@@ -13,6 +13,7 @@ import pandas as pd
 from pandas.core.groupby import SeriesGroupBy
 from scipy import stats
 
+from ablate.analysis.formatting import table_number
 from ablate.analysis.runs import PARAM_PREFIX, metric_column, metric_name, param_column
 
 SUMMARY_COLUMNS = ["n", "mean", "std", "ci95"]
@@ -96,7 +97,7 @@ def format_mean_ci(summary: pd.DataFrame, digits: int = 4) -> pd.Series:
     """`mean ± ci95` as text for tables; a single replicate shows its value alone since it has no interval."""
     return pd.Series(
         [
-            f"{mean:.{digits}f}" if np.isnan(ci) else f"{mean:.{digits}f} ± {ci:.{digits}f}"
+            table_number(mean, digits) if np.isnan(ci) else f"{table_number(mean, digits)} ± {table_number(ci, digits)}"
             for mean, ci in zip(summary["mean"], summary["ci95"], strict=True)
         ],
         index=summary.index,

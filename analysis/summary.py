@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.analysis.compare import MIN_WELCH_N, Difference, difference
+from ablate.analysis.formatting import table_number
 from ablate.analysis.runs import COMPUTE_PREFIX, metric_column, metric_columns, metric_name
 from ablate.analysis.study_data import StudyData
 from ablate.analysis.tables import SIGNIFICANCE, objective_results, trial_counts
@@ -47,7 +48,7 @@ def summary_markdown(data: StudyData) -> str:
         if tied:  # e.g. every configuration at chance: there is no best one, and no worst
             lines.append(
                 f"- **No best configuration** by {name}: all {len(trials)} configurations scored "
-                f"{_number(best['mean'])} (a tie)."
+                f"{table_number(best['mean'])} (a tie)."
             )
         elif len(trials) > 1 and not _ahead(data, objective, best, trials.iloc[1]):
             runner_up = trials.iloc[1]
@@ -90,17 +91,8 @@ def reproduce_markdown(data: StudyData) -> str:
 
 
 def _config_text(row: pd.Series) -> str:
-    interval = "" if np.isnan(row["ci95"]) else f" ± {_number(row['ci95'])}"
-    return f"{row['configuration']}: {_number(row['mean'])}{interval} (n={row['n']})"
-
-
-def _number(value: float) -> str:
-    """Four decimals for accuracies, four significant digits for counts such as parameters."""
-    return f"{value:.4g}" if abs(value) >= 1000 else f"{value:.4f}"
-
-
-def _signed(value: float) -> str:
-    return ("+" if value >= 0 else "") + _number(value)
+    interval = "" if np.isnan(row["ci95"]) else f" ± {table_number(row['ci95'])}"
+    return f"{row['configuration']}: {table_number(row['mean'])}{interval} (n={row['n']})"
 
 
 def _difference_text(row: pd.Series) -> str:
@@ -129,10 +121,11 @@ def _replicates(data: StudyData, objective: dict[str, str], row: pd.Series) -> n
 
 def _result_text(result: Difference, p_holm: float | None = None) -> str:
     """A difference with its interval and test, and what the reader should make of it."""
+    diff, low, high = (table_number(value, signed=True) for value in (result.diff, result.low, result.high))
     if np.isnan(result.p_value):
         reason = "fewer than two replicates on one side" if result.method == "n<2" else "no spread in either group"
-        return f"{_signed(result.diff)} ({reason}: no interval or test)"
-    text = f"{_signed(result.diff)} [95% CI {_signed(result.low)}, {_signed(result.high)}], "
+        return f"{diff} ({reason}: no interval or test)"
+    text = f"{diff} [95% CI {low}, {high}], "
     text += f"{result.method} p = {result.p_value:.3g}"
     if p_holm is not None:
         verdict = "significant" if p_holm < SIGNIFICANCE else "not significant"

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.analysis.compare import COMPARISON_COLUMNS, Method, compare_to_baseline
+from ablate.analysis.formatting import table_number
 from ablate.analysis.pareto import pareto_front
 from ablate.analysis.plots import axis_label
 from ablate.analysis.result_plots import realised_sparsity
@@ -84,8 +85,8 @@ def trial_counts(runs: pd.DataFrame) -> str:
 
 
 def _diff_text(diff: float, low: float, high: float, digits: int) -> str:
-    interval = "" if np.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]"
-    return f"{diff:+.{digits}f}{interval}"
+    interval = "" if np.isnan(low) else f" [{table_number(low, digits, True)}, {table_number(high, digits, True)}]"
+    return f"{table_number(diff, digits, True)}{interval}"
 
 
 def _p_text(p: float) -> str:

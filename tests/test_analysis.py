@@ -394,3 +394,31 @@ def test_realised_sparsity_from_parameter_counts(rich_data, runs):
     sparsity = realised_sparsity(rich_data.done)
     assert sorted(sparsity.round(4).unique()) == [0.0, 0.5, 0.6, 0.6667]  # 1 - 1e6 / (1e6 (i + 1)), baseline 2.5e6
     assert realised_sparsity(runs) is None
+
+
+def test_runs_with_hundreds_of_params_give_an_unfragmented_frame() -> None:
+    """A real run logs every config field (~150 params); the report printed pandas' fragmentation warning."""
+    import warnings
+
+    from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
+
+    from ablate.analysis.runs import _runs_frame
+
+    def run(number: int) -> Run:
+        info = RunInfo(f"r{number}", "0", "u", "FINISHED", 1_000, 61_000, "active")
+        params = [Param(f"section.field_{i}", str(i * number)) for i in range(200)]
+        tags = [RunTag("ablate.trial_number", str(number)), RunTag("ablate.state", "finished")]
+        return Run(info, RunData(metrics=[Metric("eval/top1", 0.5, 0, 1)], params=params, tags=tags))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        frame = _runs_frame([run(1), run(2)])
+        frame.assign(configuration=["a", "b"])  # what the report's tables do next
+    assert frame["duration_s"].tolist() == [60.0, 60.0]
+    assert frame["param.section.field_3"].tolist() == [3, 6]
+
+
+def test_large_statistics_read_in_significant_digits_and_accuracies_in_decimals() -> None:
+    """The demo's parameter counts were printed as `6306066.0000 ± 239807.6893`."""
+    summary = pd.DataFrame({"mean": [6306066.0, 0.4852], "ci95": [239807.6893, 0.045]})
+    assert format_mean_ci(summary).tolist() == ["6.306e+06 ± 2.398e+05", "0.4852 ± 0.0450"]
