@@ -16,6 +16,10 @@ What still differs from the paper, and why:
   run's, not the paper's 65k batch, 200k iterations and DataCompDR-1B;
 - precision follows `train.precision` (bf16 on GPUs by default, as the paper; fp32 on CPUs);
 - the EMA starts at the initial weights without timm's decay warm-up and is not reported beside the raw weights.
+
+The warmup stays the paper's 1 % of the run, so runs of a few hundred steps warm up for 1-3 steps; there plain
+CLIP (λ = 0) stayed at chance in the demo while distillation did not, so short studies comparing λ should set a
+longer `optim.warmup_fraction` in every arm, as `ablations/studies/demo.yaml` does (10 %).
 """
 
 from __future__ import annotations
