@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,12 +47,17 @@ def launch(
     _print_outcomes(result)
 
 
+_CONSOLE_LOG = logging.StreamHandler()
+_CONSOLE_LOG.setFormatter(logging.Formatter("%(message)s"))
+
+
 def _log_to_console() -> None:
-    """Our own INFO lines (teachers being trained, data being reinforced) on stderr; other libraries stay quiet."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    """Our own INFO lines (teachers being trained, data being reinforced) on stderr; other libraries stay quiet.
+    One handler however often `launch` runs in a process (tests, notebooks), so no line is printed twice."""
     ours = logging.getLogger("ablate")
-    ours.addHandler(handler)
+    _CONSOLE_LOG.setStream(sys.stderr)  # the current one (a test runner swaps it per invocation)
+    if _CONSOLE_LOG not in ours.handlers:
+        ours.addHandler(_CONSOLE_LOG)
     ours.setLevel(logging.INFO)
 
 
