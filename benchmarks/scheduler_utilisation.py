@@ -56,7 +56,7 @@ def study_file(folder: Path, data: Path, trials: int, parallel: int, seed: int =
         "sampler": {"name": "random", "seed": seed},
         "pruner": {"name": "none"},
         "budget": {"trials": trials, "parallel": parallel},
-        "executor": {"kind": "local", "threads_per_trial": 1, "poll_seconds": 0.2, "retries": 0},
+        "executor": {"kind": "local", "threads_per_trial": 1, "retries": 0},  # the default poll interval
         "storage": {"mlflow": f"sqlite:///{folder / 'mlflow.db'}"},
         "runs_root": str(folder / "runs"),
     }
@@ -77,12 +77,33 @@ def run_intervals(folder: Path, tracking_uri: str) -> list[tuple[float, float, f
     return intervals
 
 
-def measure(folder: Path, tracking_uri: str, slots: int, makespan: float) -> dict[str, float]:
+def idle_breakdown(intervals: list[tuple[float, float, float]], slots: int, began: float, ended: float) -> dict:
+    """Where the idle slot-seconds went: before a slot's first job (launcher preparation), between its jobs (the
+    scheduler noticing an end and submitting the next), after its last job (waiting for the other slots' last
+    jobs, then the launcher's shutdown). A job takes the slot freed earliest, as the scheduler gives them."""
+    free = [began] * slots
+    first = [True] * slots
+    idle = {"before_first_s": 0.0, "between_s": 0.0, "after_last_s": 0.0}
+    for submitted, _, end in sorted(intervals):
+        slot = min(range(slots), key=free.__getitem__)
+        idle["before_first_s" if first[slot] else "between_s"] += submitted - free[slot]
+        free[slot], first[slot] = end, False
+    idle["after_last_s"] = sum(ended - end for end in free)
+    idle["launcher_shutdown_s"] = ended - max(free)  # part of after_last, on every slot
+    return idle
+
+
+def measure(folder: Path, tracking_uri: str, slots: int, began: float, ended: float) -> dict[str, float]:
     """Utilisation (a slot is busy from submission to its run's end) and the submit-to-run-start overhead."""
     intervals = run_intervals(folder, tracking_uri)
     busy = sum(end - submitted for submitted, _, end in intervals)
     overhead = statistics.median(start - submitted for submitted, start, _ in intervals)
-    return {"makespan_s": makespan, "utilisation": busy / (slots * makespan), "overhead_median_s": overhead}
+    return {
+        "makespan_s": ended - began,
+        "utilisation": busy / (slots * (ended - began)),
+        "overhead_median_s": overhead,
+        "idle_slot_seconds": idle_breakdown(intervals, slots, began, ended),
+    }
 
 
 def run_async(folder: Path, data: Path, trials: int, parallel: int, seed: int) -> dict[str, float]:
@@ -90,7 +111,7 @@ def run_async(folder: Path, data: Path, trials: int, parallel: int, seed: int) -
     started = time.time()
     launch(path, Console(quiet=True))
     spec, _ = prepare(path)
-    return measure(folder, spec.storage.mlflow, parallel, time.time() - started)
+    return measure(folder, spec.storage.mlflow, parallel, started, time.time())
 
 
 def run_batch_synchronous(folder: Path, data: Path, steps: list[int], parallel: int) -> dict[str, float]:
@@ -120,7 +141,7 @@ def run_batch_synchronous(folder: Path, data: Path, steps: list[int], parallel: 
             jobs.append(executor.submit(job))
         for job in jobs:
             job.result()
-    return measure(folder, spec.storage.mlflow, parallel, time.time() - started)
+    return measure(folder, spec.storage.mlflow, parallel, started, time.time())
 
 
 def main() -> None:

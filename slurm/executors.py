@@ -12,6 +12,7 @@ used; a job that ended without a result (cancelled, killed, node failure, time l
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,18 @@ class LocalTrialExecutor:
 
     def cancel(self, job: submitit.Job) -> None:
         job.cancel(check=False)
+
+    def wait(self, jobs: Sequence[submitit.Job], timeout_s: float) -> None:
+        """Until one of `jobs` may have ended, at most `timeout_s`: warm jobs wake the launcher when their process
+        ends; submitit's local jobs are polled; in-process (debug) jobs have already ended."""
+        if isinstance(self.executor, WarmPool):
+            self.executor.wait(jobs, timeout_s)
+        elif not isinstance(self.executor, submitit.DebugExecutor):
+            time.sleep(timeout_s)
+
+    def close(self) -> None:
+        if isinstance(self.executor, WarmPool):
+            self.executor.close()
 
 
 class SlurmTrialExecutor:
@@ -123,6 +136,13 @@ class SlurmTrialExecutor:
 
     def cancel(self, job: submitit.Job) -> None:
         job.cancel(check=False)
+
+    def wait(self, jobs: Sequence[submitit.Job], timeout_s: float) -> None:
+        """One sacct query per `timeout_s` (executor.poll_seconds) keeps the accounting database's load light."""
+        time.sleep(timeout_s)
+
+    def close(self) -> None:
+        """Submitted jobs belong to SLURM: nothing to stop."""
 
 
 def _rank_zero(job: submitit.Job) -> submitit.Job:

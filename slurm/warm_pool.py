@@ -19,18 +19,19 @@ import itertools
 import json
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
-from ablate.slurm.warm_server import JOB_ID_VARIABLE
+from ablate.slurm.warm_server import JOB_ID_VARIABLE, REAP_INTERVAL_S
 
 __all__ = ["JOB_ID_VARIABLE", "WarmJob", "WarmJobError", "WarmPool"]
 
@@ -93,6 +94,20 @@ class WarmPool:
             pid = self._fork(job_id)
         return WarmJob(job_id, pid, self.folder, time.monotonic() + self.timeout_s, self._server[0])
 
+    def wait(self, jobs: Sequence[WarmJob], timeout_s: float) -> None:
+        """Return once one of `jobs` has ended and the server has recorded it, or after `timeout_s`: the launcher
+        sleeps on the jobs' process handles, so a slot is refilled within the server's reap interval of its job
+        ending instead of up to a poll interval later."""
+        handles = [job.pidfd for job in jobs]
+        if not handles or None in handles:  # no process handles here (not Linux): poll
+            time.sleep(timeout_s)
+            return
+        deadline = time.monotonic() + timeout_s
+        readable, _, _ = select.select(handles, [], [], timeout_s)
+        ended = [job for job in jobs if job.pidfd in readable]
+        while ended and not any(job.done() for job in ended) and time.monotonic() < deadline:
+            time.sleep(REAP_INTERVAL_S / 5)
+
     def close(self) -> None:
         _stop(self._server)
 
@@ -121,6 +136,9 @@ class WarmJob:
     def __init__(self, job_id: str, pid: int, folder: Path, deadline: float, server: subprocess.Popen) -> None:
         self.job_id, self.pid, self.folder, self.deadline, self.server = job_id, pid, folder, deadline, server
         self.timed_out = False
+        self.pidfd = _process_handle(pid)  # readable once the process has ended (WarmPool.wait)
+        if self.pidfd is not None:
+            weakref.finalize(self, os.close, self.pidfd)
 
     def _path(self, suffix: str) -> Path:
         return self.folder / f"{self.job_id}{suffix}"
@@ -172,6 +190,14 @@ class WarmJob:
                 os.kill(self.pid, signal.SIGKILL)
         except PermissionError:
             pass
+
+
+def _process_handle(pid: int) -> int | None:
+    """A pidfd (Linux ≥ 5.3) of the job's process; None where there is none, or the process is already gone."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _alive(pid: int) -> bool:

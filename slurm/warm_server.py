@@ -48,8 +48,9 @@ def main(folder: Path, warm_up_path: Path) -> None:
         readable, _, _ = select.select([sys.stdin], [], [], REAP_INTERVAL_S)
         if readable:
             line = sys.stdin.readline()
-            if not line:  # the launcher is gone
-                return
+            if not line:  # the launcher is gone (or closed the pool): exit now, without the seconds an
+                sys.stderr.flush()  # interpreter with torch & co. loaded spends tearing itself down
+                os._exit(0)
             job_id = line.strip()
             pid = os.fork()
             if pid == 0:

@@ -131,6 +131,26 @@ def test_a_dead_server_is_replaced_and_its_running_job_still_ends(pool: WarmPool
     assert wait(pool.submit(lambda: "next")).result() == "next"
 
 
+def test_the_launcher_wakes_when_a_job_ends_not_at_its_poll_interval(pool: WarmPool) -> None:
+    quick, slow = pool.submit(lambda: time.sleep(0.3)), pool.submit(lambda: time.sleep(120))
+    try:
+        started = time.monotonic()
+        pool.wait([quick, slow], timeout_s=100)
+        assert quick.done() and not slow.done()  # returned for the job that ended, its exit already recorded
+        assert time.monotonic() - started < 50  # 100 s if it slept through the interval
+    finally:
+        slow.cancel()
+
+
+def test_closing_the_pool_stops_the_server_and_leaves_running_jobs_running(tmp_path: Path) -> None:
+    pool = WarmPool(tmp_path / "jobs", timeout_min=10, warm_up=warm_up)
+    job = pool.submit(lambda: time.sleep(2) or "finished")
+    server = pool._server[0]
+    pool.close()
+    assert server.returncode == 0
+    assert wait(job).result() == "finished"
+
+
 def test_a_job_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
     pool = WarmPool(tmp_path / "jobs", timeout_min=0.5 / 60)
     try:
