@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -158,3 +159,30 @@ def test_final_evaluation_can_be_turned_off(
     assert progress["loss"] > 0 and progress["eval"] == result.history[0][1]
     with_final = train(TrainConfig.model_validate(fast_config(tmp_path / "b", shapes_root, overrides)))
     assert [step for step, _ in with_final.history] == [4, 6]
+
+
+def test_loader_workers_end_with_the_run(tmp_path: Path, shapes_root: Path) -> None:
+    """Processes that leave without the interpreter's teardown (`ablate train`, warm trial jobs) must not orphan
+    the persistent loader workers: they end when `train` returns, stopped or finished."""
+    tree = fast_config(tmp_path, shapes_root, {"tracking.enabled": False, "train.steps": 10, "data.num_workers": 2})
+    train(TrainConfig.model_validate(tree))
+    assert multiprocessing.active_children() == []
+    train(TrainConfig.model_validate(tree | {"run_dir": str(tmp_path / "stopped")}), [lambda step, metrics: True])
+    assert multiprocessing.active_children() == []
+
+
+def test_the_train_command_leaves_a_complete_run(tmp_path: Path, shapes_root: Path) -> None:
+    """`ablate train` exits without the interpreter's teardown (ablations/cli/__init__.py): everything the run
+    writes must be complete when it does: the final checkpoint, the finished MLflow run and its metrics, the table."""
+    tree = fast_config(tmp_path, shapes_root, {"train.steps": 10, "train.eval_every": 10, "data.num_workers": 2})
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(tree))
+    done = subprocess.run(
+        [sys.executable, "-m", "ablate", "train", str(config_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads((Path(tree["run_dir"]) / "mlflow_run.json").read_text())["run_id"]
+    assert f"10 steps, MLflow run {run_id}" in " ".join(done.stdout.split())
+    assert latest_checkpoint(Path(tree["run_dir"]) / "checkpoints").step == 10
+    run = MlflowClient(tracking_uri=tree["tracking"]["uri"]).get_run(run_id)
+    assert run.info.status == "FINISHED" and "eval/zeroshot/mean_top1" in run.data.metrics
