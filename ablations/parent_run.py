@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from ablate.ablations.control import STUDY_RECORD
 from ablate.ablations.spec import StudySpec
-from ablate.core.training.tracking import ensure_tracking_store, get_or_create_experiment
+from ablate.core.training.tracking import ensure_tracking_store, get_or_create_experiment, set_run_tags
 
 
 def open_parent_run(spec: StudySpec, study_file: str | None = None) -> str:
@@ -41,8 +41,7 @@ def open_parent_run(spec: StudySpec, study_file: str | None = None) -> str:
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = client.create_run(experiment_id, run_name=f"{spec.name} (study)").info.run_id
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    set_run_tags(client, run_id, tags)
     client.log_text(run_id, spec.model_dump_json(indent=2), "study/study.json")
     return run_id
 

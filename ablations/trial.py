@@ -255,8 +255,8 @@ class TrialJob(submitit.helpers.Checkpointable):
 
     @staticmethod
     def _tag_run(config: TrainConfig, tags: dict[str, str]) -> None:
+        from ablate.core.training.tracking import set_run_tags
+
         tracked = tracked_run(Path(config.run_dir), config.tracking.uri) if config.tracking.enabled else None
         if tracked is not None:
-            client, run_id = tracked
-            for key, value in tags.items():
-                client.set_tag(run_id, key, value)
+            set_run_tags(*tracked, tags)

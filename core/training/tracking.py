@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import torch
 import yaml
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 import ablate
@@ -80,6 +80,11 @@ def source_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def set_run_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    """One request (one sqlite transaction) for all of them, not one per tag."""
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
 def run_params(config: TrainConfig) -> dict[str, str]:
@@ -143,8 +148,7 @@ class RunTracker:
         self.client.log_artifact(self.run_id, str(path), folder)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+        set_run_tags(self.client, self.run_id, tags)
 
     def finish(self, status: str) -> None:
         """status: FINISHED or FAILED (MLflow run statuses)."""
