@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -44,7 +45,10 @@ from ablate.core.training.objective import TeacherSource, compute_loss
 from ablate.core.training.optim import build_optimizer, run_learning_rate, schedule_tag, set_learning_rate
 from ablate.core.training.progress import RunProgress
 from ablate.core.training.runtime import configure_threads, ignore_job_signals, resolve_device, seed_everything
-from ablate.core.training.tracking import RunTracker
+from ablate.core.training.tracker_opening import FirstRecords, TrackerOpening
+
+if TYPE_CHECKING:
+    from ablate.core.training.tracking import RunTracker
 
 log = logging.getLogger("ablate.train")
 
@@ -96,11 +100,16 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.tracker = None
+        self.opening = None  # the MLflow run, opened on a thread as training starts (tracker_opening.py)
         if self.group.is_main:  # only rank 0 writes the run folder's records and logs
             # The run folder describes itself (export, teachers and inheritance read it), tracked or not.
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
-            self.tracker = RunTracker(config, self.run_dir) if config.tracking.enabled else None
+            self.opening = TrackerOpening(config, self.run_dir) if config.tracking.enabled else None
+
+    @property
+    def tracker(self) -> RunTracker | None:
+        """The run's MLflow tracker, waited for; None where this rank or run is untracked."""
+        return self.opening.tracker() if self.opening is not None else None
 
     def _build(self) -> None:
         """Model, optimizer (restored from the latest checkpoint if any) and data; inside `run` so that a
@@ -192,21 +201,14 @@ class Trainer:
 
     def run(self) -> TrainResult:
         self.started = time.perf_counter()
-        run_id = self.tracker.run_id if self.tracker else None
         try:
             self._build()
             self.run_metrics = {f"model/params_{k}": float(v) for k, v in parameter_counts(self.model).items()}
             realised = self.stages.realised_sparsity(self.model) if self.stages else None
             if realised is not None:  # resumed after a prune
                 self.run_metrics["compression/realised_sparsity"] = realised
-            if self.tracker and not self.resumed:
-                self.tracker.log_metrics(self.run_metrics | self.data_metrics | {"system/threads": self.threads}, 0)
-                # what reports need to read the numbers: the LR schedule used, what the sparsities count
-                tags = {"ablate.lr_schedule": schedule_tag(self.config)}
-                self.tracker.set_tags(tags | (self.stages.tags() if self.stages else {}))
             log.info(
-                "run %s: %s from step %d/%d on %s with %d threads",
-                run_id or "(untracked)",
+                "run: %s from step %d/%d on %s with %d threads",
                 self.config.model.name,
                 self.start_step,
                 self.config.train.steps,
@@ -214,15 +216,17 @@ class Trainer:
                 self.threads,
             )
             resumed_from = self.start_step if self.resumed else None
-            result = TrainResult(self.start_step, {}, False, run_id, resumed_from, 0.0)
-            self._loop(result)
+            result = TrainResult(self.start_step, {}, False, None, resumed_from, 0.0)
+            self._loop(result, None if self.resumed else self._first_records())
         except BaseException as err:
-            if self.tracker:
-                self.tracker.set_tags({"ablate.error": f"{type(err).__name__}: {err}"[:4000]})
-                self.tracker.finish("FAILED")
+            tracker = self.opening.tracker_if_open() if self.opening is not None else None
+            if tracker is not None:
+                tracker.set_tags({"ablate.error": f"{type(err).__name__}: {err}"[:4000]})
+                tracker.finish("FAILED")
             raise
         finally:
             self.group.close()
+        result.run_id = self.tracker.run_id if self.tracker else None
         result.wall_seconds = time.perf_counter() - self.started
         result.compute_seconds = self._compute_seconds()
         if self.config.eval.efficiency and not result.stopped_early and self.group.is_main:
@@ -240,12 +244,27 @@ class Trainer:
             self.tracker.finish("FINISHED")
         return result
 
+    def _first_records(self) -> FirstRecords:
+        """What a new run logs once: parameter counts, data and thread settings, and the tags reports need to
+        read its numbers (the LR schedule used, what the sparsities count)."""
+        metrics = self.run_metrics | self.data_metrics | {"system/threads": self.threads}
+        tags = {"ablate.lr_schedule": schedule_tag(self.config)} | (self.stages.tags() if self.stages else {})
+
+        def write(tracker: RunTracker) -> None:
+            tracker.log_metrics(metrics, 0)
+            tracker.set_tags(tags)
+
+        return write
+
     def _compute_seconds(self) -> float:
         """Wall time of this attempt plus what earlier attempts spent up to their last checkpoint."""
         return self.compute_before + time.perf_counter() - self.started
 
-    def _loop(self, result: TrainResult) -> None:
+    def _loop(self, result: TrainResult, first_records: FirstRecords | None) -> None:
         config, settings = self.config, self.config.train
+        batches = iter(self.loader) if self.start_step < settings.steps else iter(())  # forks the loader workers
+        if self.opening is not None:  # then the thread: no worker is forked while it imports
+            self.opening.start(first_records)
         bf16 = self.step.precision == "bf16"  # evaluation autocasts too
         clock = DataWaitClock()
         window_sums: dict[str, torch.Tensor] = {}  # loss terms summed on device: no host sync until the log step
@@ -260,7 +279,7 @@ class Trainer:
             return
         self.model.train()
         with self.progress as progress:
-            for step, batch in enumerate(clock.wrap(self.loader), start=self.start_step):
+            for step, batch in enumerate(clock.wrap(batches), start=self.start_step):
                 model, optimizer = self.model, self.optimizer  # both are replaced when a stage prunes
                 sparsity = self._begin_stage_step(step)
                 lr = run_learning_rate(step, config)  # restarted in every compression stage unless `continuous`
