@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from mlflow.tracking import MlflowClient
+from train_helpers import fast_config
 
 from ablate.core.config.base import ConfigError
+from ablate.core.config.loading import apply_overrides
+from ablate.core.config.sections import TrainConfig
 from ablate.core.data.manifest import load_manifest
 from ablate.core.data.reinforced_format import (
     INFO_FILE,
@@ -26,6 +31,7 @@ from ablate.core.quality.detection import detect_noise, noisy_labels
 from ablate.core.quality.scores import combine, record_scores, teacher_slices
 from ablate.core.quality.store import compute_quality, load_scores, ranked_keep, select_uids
 from ablate.core.quality.subset import filter_dataset, subset_indices
+from ablate.core.training.trainer import train
 
 WORDS = {word: i for i, word in enumerate((*COLOURS, *SHAPES))}
 TEACHER_DIMS = (24, 16)
@@ -160,3 +166,21 @@ def test_filtered_dataset_is_a_usable_dataset(oracle: Path, shapes_root: Path, t
         filter_dataset(shapes_root, keep, tmp_path / "kept")
     with pytest.raises(ConfigError, match="1 of 2 uids to keep are not in"):
         filter_dataset(shapes_root, {"nope", next(iter(keep))}, tmp_path / "other")
+
+
+@pytest.mark.slow  # trains 2 steps
+def test_a_run_scores_its_data_once_and_trains_on_the_kept_fraction(
+    small_shapes: Path, reinforced_small: Path, tmp_path: Path
+) -> None:
+    """The trainer's path to the scores (imported only when a run reduces its data): it writes
+    `quality.parquet` beside the shards on first use and trains on exactly the uids `select_uids` keeps."""
+    folder = tmp_path / "dr"
+    shutil.copytree(reinforced_small, folder)
+    tree = fast_config(tmp_path, small_shapes, {"train.steps": 2, "train.batch_size": 8, "data.num_workers": 0})
+    overrides = {"data.reinforcement": str(folder), "data.keep_fraction": 0.5, "train.eval_every": 2}
+    config = TrainConfig.model_validate(apply_overrides(tree, overrides | {"loss.lambda": 1.0}))
+    train(config)
+    kept = select_uids(folder / "quality.parquet", config.data.quality_score, 0.5)
+    run_id = json.loads((Path(config.run_dir) / "mlflow_run.json").read_text())["run_id"]
+    logged = MlflowClient(config.tracking.uri).get_run(run_id).data.metrics["data/train_samples"]
+    assert 0 < len(kept) < 96 and logged == len(kept)

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 SQLITE_PREFIX = "sqlite:///"
 DATABASE_SCHEMES = ("postgresql", "mysql")  # with or without "+driver"
 TRACKING_FORMS = "sqlite:///PATH, a tracking server http(s)://HOST[:PORT] or a database URL (postgresql://...)"
@@ -49,6 +46,9 @@ def check_server_url(url: str) -> str:
 
 def check_database_url(url: str) -> str:
     """A SQLAlchemy database URL whose parts parse (a port that is a number, a known backend)."""
+    from sqlalchemy.engine import make_url  # here: every config is checked, few name a database (0.2 s import)
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as err:

@@ -7,6 +7,7 @@ how it was made (teacher dims, reduction, shard count) in its metadata, so a sta
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 
@@ -142,6 +143,18 @@ def select_uids(scores_path: Path | str, score: str, keep_fraction: float) -> se
     return set(frame.loc[ranked_keep(frame, score, keep_fraction, str(scores_path)), "uid"])
 
 
+def shared_quality_subset(folder: Path, score: str, keep_fraction: float) -> set[str]:
+    """`select_uids` on a reinforced folder whose scores are computed on first use, once: parallel trials
+    wait on a lock while one of them writes `quality.parquet` beside the shards."""
+    scores = folder / QUALITY_FILE
+    if not scores.is_file():
+        with open(folder / f"{QUALITY_FILE}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not scores.is_file():
+                compute_quality(folder)
+    return select_uids(scores, score, keep_fraction)
+
+
 __all__ = [
     "QUALITY_FILE",
     "SCORE_NAMES",
@@ -150,5 +163,6 @@ __all__ = [
     "ranked_keep",
     "score_reinforced",
     "select_uids",
+    "shared_quality_subset",
     "write_scores",
 ]

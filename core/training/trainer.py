@@ -8,7 +8,6 @@ continues from it, bit-exactly on CPU (see checkpoint.py and data/sampler.py for
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import math
 import time
@@ -34,7 +33,6 @@ from ablate.core.models import parameter_counts
 from ablate.core.models.build import build_model
 from ablate.core.models.efficiency import efficiency_metric_names
 from ablate.core.models.efficiency_cache import cached_efficiency_metrics
-from ablate.core.quality.store import QUALITY_FILE, compute_quality, select_uids
 from ablate.core.teachers.ensemble import TeacherEnsemble
 from ablate.core.training.checkpoint import checkpoint_extra, latest_checkpoint, load_checkpoint, save_checkpoint
 from ablate.core.training.distributed import ProcessGroup
@@ -190,14 +188,11 @@ class Trainer:
         return dataset
 
     def _quality_subset(self, reinforcement: Path) -> set[str]:
-        """uids of the top `data.keep_fraction` by caption quality; scores computed once beside the shards."""
-        scores = reinforcement / QUALITY_FILE
-        if not scores.is_file():
-            with open(reinforcement / f"{QUALITY_FILE}.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # parallel trials: one scores, the others wait and read
-                if not scores.is_file():
-                    compute_quality(reinforcement)
-        return select_uids(scores, self.config.data.quality_score, self.config.data.keep_fraction)
+        """uids of the top `data.keep_fraction` by caption quality. Imported here: the store reads parquet
+        through pandas, ~0.4 s that other runs' start-up need not pay."""
+        from ablate.core.quality.store import shared_quality_subset
+
+        return shared_quality_subset(reinforcement, self.config.data.quality_score, self.config.data.keep_fraction)
 
     def run(self) -> TrainResult:
         self.started = time.perf_counter()
