@@ -137,7 +137,8 @@ PRELOADED = (
 @dataclass
 class TrialWarmUp:
     """What the local fork server does once for all trials of a study (slurm/warm_pool.py): import what every
-    trial imports, and index the study's shards (tar_index keeps the indexes in memory for the forked trials)."""
+    trial imports, parse the tokenizer's vocabulary and index the study's shards (tar_index keeps the indexes in
+    memory for the forked trials)."""
 
     base: dict[str, Any]  # the study's base TrainConfig tree
 
@@ -150,7 +151,9 @@ class TrialWarmUp:
         from ablate.core.data.bundled import resolve_data_root
         from ablate.core.data.manifest import load_manifest
         from ablate.core.data.tar_index import IndexedShards
+        from ablate.core.data.tokenizer import clip_tokenizer
 
+        clip_tokenizer(77)  # parses the BPE vocabulary every tokenizer of a trial shares
         manifest = load_manifest(resolve_data_root(validate_train_config(self.base, "study base").data))
         for split in manifest.splits:
             IndexedShards(manifest.shard_paths(split))

@@ -10,12 +10,12 @@ they vary model size or steps) with the same slots:
   repeat (what hydra-optuna-sweeper does with n_jobs).
 
 Utilisation = busy slot-seconds / (slots x makespan). Overhead = time from a slot being given a job to that
-job's training run starting (process start + imports + MLflow run creation), read from the job ledger and the
-MLflow run start time. Idle slot-seconds are split by cause: before a slot's first job (the launcher's
-preparation), between jobs (noticing an end, telling Optuna, asking and submitting the next), after a slot's
-last job (the other slots' last jobs still running: the workload's imbalance, then the launcher's shutdown).
-Both arms find the MLflow store created (a study's first launch creates it once, in seconds) and use the
-executor's default poll interval.
+job's training loop starting (process start, imports, model and data), read from the job ledger and the run's
+progress record (`progress.json`: `started`); the MLflow run opens during the first steps. Idle slot-seconds
+are split by cause: before a slot's first job (the launcher's preparation), between jobs (noticing an end,
+telling Optuna, asking and submitting the next), after a slot's last job (the other slots' last jobs still
+running: the workload's imbalance, then the launcher's shutdown). Both arms find the MLflow store created (a
+study's first launch creates it once, in seconds) and use the executor's default poll interval.
 
     .venv/bin/python benchmarks/scheduler_utilisation.py [--trials 8] [--parallel 2]
 """
@@ -40,6 +40,7 @@ from ablate.ablations.trial import JOB_RECORD, TrialJob
 from ablate.ablations.work import build_group, replicate_tree
 from ablate.core.config.loading import validate_train_config
 from ablate.core.data.shapes import generate_shapes
+from ablate.core.training.progress import read_progress
 from ablate.core.training.tracking import ensure_tracking_store
 
 SHORT, LONG = 5, 80  # each trial is short or long (training steps), drawn at random
@@ -70,14 +71,15 @@ def study_file(folder: Path, data: Path, trials: int, parallel: int, seed: int =
 
 
 def run_intervals(folder: Path, tracking_uri: str) -> list[tuple[float, float, float]]:
-    """(submitted to a slot, training run started, run ended) per replicate, in seconds since the epoch."""
+    """(submitted to a slot, training loop entered, run ended) per replicate, in seconds since the epoch: the
+    job ledger, the run's progress record and its MLflow run's end."""
     client = MlflowClient(tracking_uri=tracking_uri)
     intervals = []
     for record in sorted(folder.glob("runs/*/trials/*/seed-*/" + JOB_RECORD)):
         submitted = json.loads(record.read_text())["submitted"]
+        started = read_progress(record.parent)["started"]
         run_id = json.loads((record.parent / "mlflow_run.json").read_text())["run_id"]
-        info = client.get_run(run_id).info
-        intervals.append((submitted, info.start_time / 1000, info.end_time / 1000))
+        intervals.append((submitted, started, client.get_run(run_id).info.end_time / 1000))
     return intervals
 
 

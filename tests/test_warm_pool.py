@@ -162,9 +162,13 @@ def test_a_job_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
 
 
 def _what_a_trial_finds() -> dict:
-    from ablate.core.data import tar_index
+    from ablate.core.data import tar_index, tokenizer
 
-    return {"indexed": len(tar_index._indexes), "imported": [name for name in PRELOADED if name in sys.modules]}
+    return {
+        "indexed": len(tar_index._indexes),
+        "imported": [name for name in PRELOADED if name in sys.modules],
+        "vocabulary_parsed": tokenizer._vocabulary.cache_info().currsize == 1,
+    }
 
 
 @pytest.mark.slow
@@ -180,3 +184,4 @@ def test_trials_fork_with_the_study_imported_and_its_shards_indexed(tmp_path: Pa
     manifest = load_manifest(shapes_root)
     assert found["indexed"] == sum(len(manifest.shard_paths(split)) for split in manifest.splits)
     assert found["imported"] == list(PRELOADED)
+    assert found["vocabulary_parsed"]

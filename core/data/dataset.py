@@ -11,12 +11,12 @@ import json
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ablate.core.data.manifest import Manifest
 from ablate.core.data.tar_index import IndexedShards
+from ablate.core.data.tokenizer import clip_tokenizer
 from ablate.core.models.clip import InputSpec
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -87,7 +87,7 @@ class EvalDataset(Dataset):
         self.inputs = inputs
         self.tasks = manifest.zero_shot
         self.caption = caption or (manifest.retrieval.caption if manifest.retrieval else "txt")
-        self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
+        self.tokenizer = clip_tokenizer(inputs.context_length)
 
     def __len__(self) -> int:
         return self.length

@@ -21,7 +21,6 @@ import zlib
 from dataclasses import dataclass
 
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 from torch.utils.data import Dataset
 
 from ablate.core.config.base import ConfigError
@@ -31,6 +30,7 @@ from ablate.core.data.dataset import centre_view, decode_pil, pil_to_uint8, read
 from ablate.core.data.manifest import Manifest
 from ablate.core.data.reinforcement_store import DataLossWarning, ReinforcementStore
 from ablate.core.data.tar_index import IndexedShards
+from ablate.core.data.tokenizer import clip_tokenizer
 from ablate.core.models.clip import InputSpec
 
 DECODE_ERRORS = (KeyError, ValueError, OSError, EOFError, RuntimeError, zlib.error)
@@ -61,7 +61,7 @@ class TrainDataset(Dataset):
         self.images = IndexedShards(manifest.shard_paths(split))
         self.inputs, self.data, self.seed, self.store = inputs, data, seed, store
         self.augment = RecordedAugment(AugmentConfig(size=inputs.image_size)) if (augment or store) else None
-        self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
+        self.tokenizer = clip_tokenizer(inputs.context_length)
         needs_uids = store is not None or keep_uids is not None  # one read of every sample's json, at most
         self.uids = [self.images.uid(index) for index in range(len(self.images))] if needs_uids else []
         self.pairs = self._join() if store else [(index, -1) for index in range(len(self.images))]

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
+from ablate.core.data.tokenizer import clip_tokenizer
 from ablate.core.evaluation.prompts import render
 from ablate.core.models.clip import CLIP
 
@@ -63,7 +63,7 @@ class ZeroShotClassifiers:
         """[classes * templates, context] token ids, class-major (all templates of class 0 first)."""
         key = _prompts_key(classnames, templates, context_length)
         if key not in self.tokens:
-            tokenizer = SimpleTokenizer(context_length=context_length)
+            tokenizer = clip_tokenizer(context_length)
             self.tokens[key] = tokenizer([render(t, c) for c in classnames for t in templates])
         return self.tokens[key]
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import find_classes, make_dataset
 
@@ -20,6 +19,7 @@ from ablate.core.config.base import ConfigError
 from ablate.core.data.dataset import IMAGE_EXTENSIONS, EvalDataset, decode_pil, decode_sample_image, model_view
 from ablate.core.data.manifest import Manifest, load_manifest
 from ablate.core.data.tar_index import IndexedShards
+from ablate.core.data.tokenizer import clip_tokenizer
 from ablate.core.evaluation.config import EvalTaskConfig
 from ablate.core.evaluation.prompts import resolve_classnames, resolve_templates
 from ablate.core.models.clip import InputSpec
@@ -188,7 +188,7 @@ class ClipBenchmarkShards(Dataset):
     def __init__(self, shards: list[Path], inputs: InputSpec, kind: str, where: str) -> None:
         self.kind, self.where, self.inputs = kind, where, inputs
         self.shards = IndexedShards(shards, required=[IMAGE_EXTENSIONS, ("cls" if kind == "zero_shot" else "txt",)])
-        self.tokenizer = SimpleTokenizer(context_length=inputs.context_length)
+        self.tokenizer = clip_tokenizer(inputs.context_length)
 
     def __len__(self) -> int:
         return len(self.shards)

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
 from ablate.core.config.base import ConfigError
 from ablate.core.config.sections import TeacherSpec
 from ablate.core.data.pixels import to_model_input
+from ablate.core.data.tokenizer import clip_tokenizer
 from ablate.core.models import CLIP, UnknownModelError
 from ablate.core.models.factory import create_model, is_known, unknown_model_message
 from ablate.core.models.weights import load_weights, resolve_weights
@@ -67,7 +67,7 @@ class TeacherEnsemble(nn.Module):
         self.logit_scales = [float(scale) for scale in logit_scales]
         self.names = list(names)
         self.dims = [embedding_dim(member) for member in members]
-        self.tokenizers = [SimpleTokenizer(context_length=member.inputs.context_length) for member in members]
+        self.tokenizers = [clip_tokenizer(member.inputs.context_length) for member in members]
 
     @classmethod
     def load(cls, specs: Sequence[TeacherSpec], where: str = "teachers.members") -> TeacherEnsemble:
