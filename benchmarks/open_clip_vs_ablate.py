@@ -13,10 +13,10 @@ peak RSS from `wait4` (the process's own high-water mark). Per process:
 - whole: process start -> exit; peak RSS.
 
 Ratios are ablate / open_clip per round; the summary gives their medians and ranges. Both trainers do the same
-work at the end: save a checkpoint and evaluate retrieval on the same validation shards. The shards' manifest
-has no zero-shot tasks by default, as DataComp-style caption data has none, because open_clip_train has no
-zero-shot evaluation without ImageNet; `--zero-shot` keeps the bundled benchmark's two tasks (132 prompts
-through the text tower), which only ablate then evaluates. Round 0 is a warm-up and is not counted: it fills the page
+work at the end: save a checkpoint and evaluate retrieval on the same validation shards. Because
+open_clip_train evaluates zero-shot on ImageNet only, the shards' manifest has no zero-shot tasks by default (as
+DataComp-style caption data has none); `--zero-shot` keeps the bundled benchmark's two tasks (132 prompts through
+the text tower), which only ablate then evaluates. Round 0 is a warm-up and is not counted: it fills the page
 cache, ablate's per-architecture efficiency cache and creates the MLflow database that the later rounds' runs
 log into, as repeated runs and the trials of a study do (creating the sqlite schema takes seconds).
 
