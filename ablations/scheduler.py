@@ -38,6 +38,7 @@ from ablate.ablations.trial import (
     SUBMISSION_RECORD,
     TrialJob,
     TrialWarmUp,
+    end_cancelled_run,
     log_slurm_usage,
     read_result,
     record_slurm_usage,
@@ -337,9 +338,11 @@ class StudyScheduler:
                 del self.running[key]
 
     def _stop(self, replicate: Replicate, job: Any) -> None:
-        """Cancel through submitit, then make sure the training process is gone (it may ignore the signal)."""
+        """Cancel through submitit, then make sure the training process is gone (it may ignore the signal), and
+        end its MLflow run as KILLED: a killed process cannot, and its run would otherwise stay RUNNING."""
         self.executor.cancel(job)
         stop_job_process(replicate.run_dir, timeout_seconds=10)
+        end_cancelled_run(replicate.run_dir, self.spec.storage.mlflow)
 
     def _finish_group(self, group: Group) -> None:
         self.groups.remove(group)

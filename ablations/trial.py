@@ -120,6 +120,18 @@ def log_slurm_usage(run_dir: Path, tracking_uri: str, total: Usage) -> None:
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in total.as_metrics().items()])
 
 
+def end_cancelled_run(run_dir: Path, tracking_uri: str) -> None:
+    """A stopped job's MLflow run, if it was still RUNNING: tagged `cancelled` and ended KILLED."""
+    from ablate.core.training.tracking import set_run_tags
+
+    if (tracked := tracked_run(run_dir, tracking_uri)) is None:
+        return
+    client, run_id = tracked
+    if client.get_run(run_id).info.status == "RUNNING":
+        set_run_tags(client, run_id, {"ablate.state": "cancelled"})
+        client.set_terminated(run_id, status="KILLED")
+
+
 PRELOADED = (
     "torch",
     "timm",

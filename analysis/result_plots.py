@@ -19,7 +19,7 @@ PARAMS_TOTAL = "metric.model/params_total"
 PARAMS_REALISED = "metric.compression/params_realised"
 REALISED_SPARSITY = "metric.compression/realised_sparsity"
 EXPECTED_SPARSITY = "metric.compression/expected_sparsity"
-STATE_COLOURS = {"finished": "C0", "pruned": "C1", "failed": "C3", "running": "C7"}
+STATE_COLOURS = {"finished": "C0", "pruned": "C1", "failed": "C3", "cancelled": "C5", "running": "C7"}
 
 
 def plot_tradeoff(

@@ -3,6 +3,7 @@ duplicates, and a poor trial is pruned from inside its job while the study compl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from rich.console import Console
 from train_helpers import fast_config, optuna_study, trial_runs, write_study_yaml
 
 from ablate.ablations.control import live_job
 from ablate.ablations.scheduler import LaunchResult, launch
-from ablate.ablations.trial import JOB_RECORD
+from ablate.ablations.trial import JOB_RECORD, end_cancelled_run
 from ablate.core.training.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -131,3 +133,21 @@ def test_cancel_stops_a_running_study_through_its_launcher(tmp_path: Path, shape
     trial = optuna_study(path).trials[0]
     assert trial.state == TrialState.FAIL and "cancelled" in trial.user_attrs["error"]
     assert not live_job(tmp_path / "runs" / "faults" / "trials" / "00000" / "seed-0")  # its process is gone
+
+
+def test_a_cancelled_replicates_run_ends_killed_and_a_finished_one_is_left_alone(tmp_path: Path) -> None:
+    """A job the launcher kills (its group already decided) cannot end its own MLflow run: the launcher does."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cancel")
+    statuses = {}
+    for name, finished in (("running", False), ("finished", True)):
+        run_id = client.create_run(experiment).info.run_id
+        if finished:
+            client.set_terminated(run_id, status="FINISHED")
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mlflow_run.json").write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+        end_cancelled_run(tmp_path / name, uri)
+        run = client.get_run(run_id)
+        statuses[name] = (run.info.status, run.data.tags.get("ablate.state"))
+    assert statuses == {"running": ("KILLED", "cancelled"), "finished": ("FINISHED", None)}
