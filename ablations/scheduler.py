@@ -2,7 +2,9 @@
 
 A free slot gets the next replicate at once (no batch waits for its slowest trial). Baselines are queued
 first, then trials; each trial runs one replicate per seed and is told to Optuna, with its objectives
-aggregated over the replicates, once they are all done. A failed job is rerun up to `executor.retries` times,
+aggregated over the replicates, once they are all done. Of the replicates waiting, the longest (steps x batch)
+starts first; random and grid samplers, whose draws ignore results, are asked a few trials ahead to give that
+choice something to choose from. A failed job is rerun up to `executor.retries` times,
 resuming its checkpoint; a trial whose replicate still fails is recorded as failed and the study goes on.
 
 On SLURM, replicates that start together go out as one job array, each poll reads every job's state with
@@ -16,7 +18,6 @@ trials left running by a dead launcher are adopted and resumed, and the budget c
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from ablate.ablations.trial import (
     record_slurm_usage,
     write_json_atomically,
 )
-from ablate.ablations.work import Group, Replicate, build_group, replicate_tree
+from ablate.ablations.work import Group, PendingReplicates, Replicate, build_group, replicate_tree, training_samples
 from ablate.analysis.formatting import number, params_text
 from ablate.core.config.base import ConfigError
 from ablate.core.config.loading import validate_train_config
@@ -154,10 +155,14 @@ class StudyScheduler:
             else threads_per_trial(executor.threads_per_trial, spec.budget.parallel, executor.tasks_per_node)
         )
         self.groups: list[Group] = []
-        self.pending: deque[Replicate] = deque()
+        self.pending = PendingReplicates()
         self.running: dict[int, tuple[Replicate, Any]] = {}
         self.started = time.monotonic()
         self.budget = spec.budget.trials
+        # Samplers whose draws ignore results can be asked ahead, so the longest waiting run starts first (work.py);
+        # not under a wall-clock budget, where a trial asked ahead might start after the limit.
+        independent = spec.sampler.name in ("random", "grid") and spec.budget.wall_clock_min is None
+        self.ask_ahead = 2 * spec.budget.parallel if independent else 0
         if spec.sampler.name == "grid":
             enqueue_grid(self.study, spec)
             self.budget = min(self.budget, len(grid_points(spec)))
@@ -198,15 +203,14 @@ class StudyScheduler:
         """Every free slot gets a replicate; those found in one pass are submitted together (one SLURM array)."""
         batch: list[tuple[Replicate, TrialJob]] = []
         while len(self.running) + len(batch) < self.spec.budget.parallel:
-            if self.pending:
-                replicate = self.pending.popleft()
-                job = self._trial_job(replicate)
-                if job is not None:
-                    batch.append((replicate, job))
-            elif self._may_start_trial():
+            while (not self.pending or len(self.pending) < self.ask_ahead) and self._may_start_trial():
                 self._start_trial(self.study.ask(distributions(self.spec)))
-            else:
+            if not self.pending:
                 break
+            replicate = self.pending.take()
+            job = self._trial_job(replicate)
+            if job is not None:
+                batch.append((replicate, job))
         if batch:
             self._submit(batch)
 
@@ -242,6 +246,7 @@ class StudyScheduler:
         return build_group(self.spec, f"trial {trial.number}", params, trial, None, folder)
 
     def _add_group(self, group: Group) -> None:
+        group.samples = training_samples(self.base, group.params)
         self.groups.append(group)
         if group.complete:  # decided in an earlier launch (all done, pruned or failed): record it, run nothing
             self._finish_group(group)
@@ -303,7 +308,7 @@ class StudyScheduler:
                 reason = _last_lines(end.error)
                 if end.retriable and replicate.attempts <= self.spec.executor.retries:
                     self.console.print(f"[yellow]{replicate.label} failed, retrying[/]: {reason.splitlines()[-1]}")
-                    self.pending.appendleft(replicate)
+                    self.pending.retry(replicate)
                     continue
                 replicate.error = reason
             self._settle(replicate.group)
@@ -330,8 +335,7 @@ class StudyScheduler:
 
     def _drop_remaining(self, group: Group) -> None:
         for replicate in group.replicates:
-            if replicate in self.pending:
-                self.pending.remove(replicate)
+            self.pending.remove(replicate)
         for key, (replicate, job) in list(self.running.items()):
             if replicate.group is group:
                 self._stop(replicate, job)

@@ -8,6 +8,7 @@ continues its MLflow run instead of starting a duplicate.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Group:
     trial: optuna.Trial | None
     baseline: str | None
     replicates: list[Replicate] = field(default_factory=list)
+    samples: int = 0  # what one replicate trains on (steps x batch): the launcher's estimate of its run time
 
     @property
     def pruned(self) -> bool:
@@ -85,6 +87,51 @@ def build_group(
         run_dir = (folder / f"seed-{seed}").resolve()
         group.replicates.append(Replicate(group, seed, run_dir, result=read_result(run_dir)))
     return group
+
+
+def training_samples(base: dict[str, Any], params: dict[str, Any]) -> int:
+    """Steps x batch size of a configuration: a run's length, known before it starts, in the unit its time grows
+    with. It does not weigh model size (a study varying `model.name` is ordered by length only)."""
+    train = apply_overrides(base, params).get("train", {})
+    return int(train.get("steps", 0)) * int(train.get("batch_size", 1))
+
+
+class PendingReplicates:
+    """Replicates waiting for a slot, handed out longest first (equal lengths: in the order they came).
+
+    Longest-processing-time-first (Graham, 1969) keeps a study's end short: the runs left when the budget is
+    spent are the short ones, so no slot idles through a long run started last. A retried replicate goes first:
+    it was already running and resumes its checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._retries: list[Replicate] = []
+        self._queue: list[Replicate] = []
+
+    def extend(self, replicates: Iterable[Replicate]) -> None:
+        self._queue.extend(replicates)
+
+    def retry(self, replicate: Replicate) -> None:
+        self._retries.append(replicate)
+
+    def take(self) -> Replicate:
+        if self._retries:
+            return self._retries.pop(0)
+        longest = max(self._queue, key=lambda replicate: replicate.group.samples)  # max keeps the first of ties
+        self._queue.remove(longest)
+        return longest
+
+    def remove(self, replicate: Replicate) -> None:
+        for waiting in (self._retries, self._queue):
+            if replicate in waiting:
+                waiting.remove(replicate)
+
+    def clear(self) -> None:
+        self._retries.clear()
+        self._queue.clear()
+
+    def __len__(self) -> int:
+        return len(self._retries) + len(self._queue)
 
 
 def replicate_tree(
