@@ -4,17 +4,18 @@ per-trial orchestration overhead on the local executor. A benchmark, not a test:
 Both schedulers run the same real trial jobs (tiny-model training runs of 5 or 80 steps, as trials differ when
 they vary model size or steps) with the same slots:
 
-- async: ablate's StudyScheduler (`ablate launch`), whose local trials fork from a warm worker
-  (slurm/warm_pool.py: imports and shard indexes done once);
+- async: ablate's StudyScheduler (`ablate launch`: the longest waiting job first), whose local trials fork from a
+  warm worker (slurm/warm_pool.py: imports and shard indexes done once);
 - batch: submit `parallel` jobs to submitit's LocalExecutor (a fresh process each), wait for the slowest,
   repeat (what hydra-optuna-sweeper does with n_jobs).
 
-Utilisation = busy slot-seconds / (slots x makespan). Overhead = time from a slot being given a job to that
-job's training loop starting (process start, imports, model and data), read from the job ledger and the run's
-progress record (`progress.json`: `started`); the MLflow run opens during the first steps. Idle slot-seconds
-are split by cause: before a slot's first job (the launcher's preparation), between jobs (noticing an end,
-telling Optuna, asking and submitting the next), after a slot's last job (the other slots' last jobs still
-running: the workload's imbalance, then the launcher's shutdown). Both arms find the MLflow store created (a
+Utilisation = busy slot-seconds / (slots x makespan). Overhead = time from a slot being given a job to that job's
+training loop starting (process start, imports, model and data), read from the job ledger and the run's progress
+record (`progress.json`: `started`); the MLflow run opens during the first steps. Idle slot-seconds are split by
+cause: before a slot's first job (the launcher's preparation), between jobs (noticing an end, telling Optuna,
+asking and submitting the next), after a slot's last job (the other slots' last jobs still running: the workload's
+imbalance, then the launcher's shutdown). The ceiling is the utilisation of the same jobs packed perfectly onto the
+slots with no gap: whole jobs cannot always fill every slot to the end. Both arms find the MLflow store created (a
 study's first launch creates it once, in seconds) and use the executor's default poll interval.
 
     .venv/bin/python benchmarks/scheduler_utilisation.py [--trials 8] [--parallel 2]
@@ -23,7 +24,9 @@ study's first launch creates it once, in seconds) and use the executor's default
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -99,14 +102,31 @@ def idle_breakdown(intervals: list[tuple[float, float, float]], slots: int, bega
     return idle
 
 
+def best_packing_makespan(durations: list[float], slots: int) -> float:
+    """The shortest makespan any assignment of these whole jobs to the slots reaches (exhaustive: the benchmark's
+    workloads are small). Jobs do not split across slots, so a draw of five long jobs on two slots leaves one
+    slot idle through a long job whatever the order: utilisation's ceiling for that draw."""
+    if slots ** len(durations) > 4_000_000:  # too many to try: the bound every packing respects
+        return max(max(durations), sum(durations) / slots)
+    best = math.inf
+    for assignment in itertools.product(range(slots), repeat=len(durations) - 1):
+        loads = [durations[0]] + [0.0] * (slots - 1)  # the first job's slot is any slot: fix it
+        for slot, duration in zip(assignment, durations[1:], strict=True):
+            loads[slot] += duration
+        best = min(best, max(loads))
+    return best
+
+
 def measure(folder: Path, tracking_uri: str, slots: int, began: float, ended: float) -> dict[str, float]:
-    """Utilisation (a slot is busy from submission to its run's end) and the submit-to-run-start overhead."""
+    """Utilisation (a slot is busy from submission to its run's end), the utilisation the same jobs would reach
+    packed perfectly with no gap, and the submit-to-run-start overhead."""
     intervals = run_intervals(folder, tracking_uri)
-    busy = sum(end - submitted for submitted, _, end in intervals)
+    durations = [end - submitted for submitted, _, end in intervals]
     overhead = statistics.median(start - submitted for submitted, start, _ in intervals)
     return {
         "makespan_s": ended - began,
-        "utilisation": busy / (slots * (ended - began)),
+        "utilisation": sum(durations) / (slots * (ended - began)),
+        "utilisation_ceiling": sum(durations) / (slots * best_packing_makespan(durations, slots)),
         "overhead_median_s": overhead,
         "idle_slot_seconds": idle_breakdown(intervals, slots, began, ended),
     }
