@@ -159,10 +159,11 @@ class StudyScheduler:
         self.running: dict[int, tuple[Replicate, Any]] = {}
         self.started = time.monotonic()
         self.budget = spec.budget.trials
-        # Samplers whose draws ignore results can be asked ahead, so the longest waiting run starts first (work.py);
-        # not under a wall-clock budget, where a trial asked ahead might start after the limit.
+        # Replicates kept waiting for a slot, so the longest can start first (work.py): samplers whose draws ignore
+        # results are asked ahead for them; the others only when nothing waits, so each ask sees every result so
+        # far. Not under a wall-clock budget either, where a trial asked ahead might start after the limit.
         independent = spec.sampler.name in ("random", "grid") and spec.budget.wall_clock_min is None
-        self.ask_ahead = 2 * spec.budget.parallel if independent else 0
+        self.queue_depth = 2 * spec.budget.parallel if independent else 1
         if spec.sampler.name == "grid":
             enqueue_grid(self.study, spec)
             self.budget = min(self.budget, len(grid_points(spec)))
@@ -203,7 +204,7 @@ class StudyScheduler:
         """Every free slot gets a replicate; those found in one pass are submitted together (one SLURM array)."""
         batch: list[tuple[Replicate, TrialJob]] = []
         while len(self.running) + len(batch) < self.spec.budget.parallel:
-            while (not self.pending or len(self.pending) < self.ask_ahead) and self._may_start_trial():
+            while len(self.pending) < self.queue_depth and self._may_start_trial():
                 self._start_trial(self.study.ask(distributions(self.spec)))
             if not self.pending:
                 break

@@ -77,7 +77,9 @@ def test_killed_launcher_is_resumed_without_duplicates(tmp_path: Path, shapes_ro
     wait_for_checkpoint(tmp_path / "runs" / "faults" / "trials" / "00000" / "seed-0")
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert [t.state for t in optuna_study(path).trials] == [TrialState.RUNNING, TrialState.WAITING]
+    # the grid's second point was asked ahead (the launcher picks the longest waiting run): RUNNING, never started
+    assert [t.state for t in optuna_study(path).trials] == [TrialState.RUNNING, TrialState.RUNNING]
+    assert not (tmp_path / "runs" / "faults" / "trials" / "00001").exists()
 
     result = launch(path, Console(quiet=True))
     assert [o.label for o in result.outcomes] == ["trial 0", "trial 1"]
