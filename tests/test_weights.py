@@ -11,7 +11,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 from train_helpers import fast_config
 
 from ablate.core.config.base import ConfigError
@@ -52,10 +52,7 @@ def vit_b_32_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     """A HF cache holding a random ViT-B-32 as laion2b_s34b_b79k's open_clip_model.safetensors."""
     cache = tmp_path_factory.mktemp("hf-hub")
     state = open_clip_state("ViT-B-32", seed=3)
-    staging = tmp_path_factory.mktemp("staging") / "weights.safetensors"
-    save_file(state, staging)
-    write_hub_file(cache, VIT_B_32_HUB, "open_clip_model.safetensors", staging.read_bytes())
-    staging.unlink()  # 0.6 GB: the hub cache holds the only copy the tests read
+    write_hub_file(cache, VIT_B_32_HUB, "open_clip_model.safetensors", save(state))
     return cache, state
 
 
