@@ -74,11 +74,14 @@ class CompressionStages:
         self.compressor: Compressor | None = None
 
     # --- the student ---------------------------------------------------------------------------------------------
-    def initial_model(self, build: Callable[[], CLIP], inherit_from: TeacherSpec | None) -> CLIP:
+    def initial_model(
+        self, build: Callable[[], CLIP], inherit_from: TeacherSpec | None, adapt: Callable[[CLIP], CLIP]
+    ) -> CLIP:
         """The student at step 0: built from scratch, or inherited (manually, or as a trainable copy of the
-        teacher) from `inherit_from`, the weights `compression.teacher_checkpoint` names."""
+        teacher) from `inherit_from`, the weights `compression.teacher_checkpoint` names. `adapt` gives the
+        teacher's copy the run's model axes (resolution, attention, ...), which `build` applies to a built one."""
         if self.config.inherit == "auto":
-            return inherit_automatic(load_teacher(inherit_from)).train().requires_grad_(True)
+            return adapt(inherit_automatic(load_teacher(inherit_from))).train().requires_grad_(True)
         model = build()
         if self.config.inherit == "manual":
             inherit_manual(model, load_teacher(inherit_from))

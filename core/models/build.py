@@ -48,6 +48,16 @@ def build_model(config: ModelConfig, pretrained: bool = False) -> CLIP:
     if pretrained and config.pretrained is not None:
         report = load_weights(model, config.name, config.pretrained, "model.pretrained")
         log.log(logging.INFO if report.complete else logging.WARNING, "model.pretrained: %s", report.summary())
+    return apply_axes(model, config)
+
+
+def apply_axes(model: CLIP, config: ModelConfig) -> CLIP:
+    """Apply the config's resolution, text-tower shape, attention and token merging to `model` in place.
+
+    Separate from building so that a student that is not built by name (TinyCLIP's automatic inheritance
+    trains a copy of its teacher) takes the same axes as one that is: otherwise `model.image_size` or
+    `model.attention` would be dropped without a word, and a resume (which rebuilds by name) would train a
+    different model from the one the run started with."""
     spec = attention_spec(config)
     if config.image_size is not None and config.image_size != model.inputs.image_size:
         _resize_images(model, config.image_size, config.name)

@@ -30,7 +30,7 @@ from ablate.core.data.train_dataset import TrainDataset
 from ablate.core.evaluation.config import EvalTaskConfig
 from ablate.core.evaluation.suite import EvaluationSuite, suite_metric_names
 from ablate.core.models import parameter_counts
-from ablate.core.models.build import build_model
+from ablate.core.models.build import apply_axes, build_model
 from ablate.core.models.efficiency import efficiency_metric_names
 from ablate.core.models.efficiency_cache import cached_efficiency_metrics
 from ablate.core.teachers.ensemble import TeacherEnsemble
@@ -122,7 +122,11 @@ class Trainer:
         if self.stages is None:
             model = build_model(config.model, pretrained=checkpoint is None)
         elif checkpoint is None:
-            model = self.stages.initial_model(lambda: build_model(config.model, True), self.inputs.inherit_from)
+            model = self.stages.initial_model(
+                lambda: build_model(config.model, True),
+                self.inputs.inherit_from,
+                lambda teacher_copy: apply_axes(teacher_copy, config.model),
+            )
         else:  # the weights come from the checkpoint; only the (pruned) architecture must be rebuilt
             model = self.stages.restore(build_model(config.model), extra)
         self.model = model.to(self.device)
