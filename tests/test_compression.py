@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from functools import partial
@@ -419,3 +420,20 @@ def test_auto_inheritance_trains_the_model_the_run_names(tmp_path, monkeypatch) 
     assert direct_inputs(config("small", str(tmp_path / "run"))).inherit_from.model == "small"
     assert bundled.prepare_inputs(config("small", "bundled")).inherit_from.model == "small"
     assert direct_inputs(config("tiny", str(tmp_path / "run"), "manual")).inherit_from.model == "small"
+
+
+def test_manual_inheritance_resamples_the_image_positions_of_a_student_at_another_resolution() -> None:
+    """A 32 px student (4x4 patches) inheriting from a 64 px teacher (8x8) gets the teacher's table resampled to
+    its grid, as timm resamples it for a new input size; a front slice gave it the teacher's class token and first
+    two rows of positions."""
+    from ablate.core.config.sections import ModelConfig
+    from ablate.core.models.build import apply_axes, build_model
+
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(name="tiny"))
+    resized = apply_axes(copy.deepcopy(teacher), ModelConfig(name="tiny", image_size=32))
+    student = build_model(ModelConfig(name="tiny", image_size=32))
+    inherit_manual(student, teacher)
+    assert student.state_dict()["visual.pos_embed"].shape == (1, 17, 128)
+    assert torch.equal(student.state_dict()["visual.pos_embed"], resized.state_dict()["visual.pos_embed"])
+    assert torch.equal(student.state_dict()["visual.blocks.3.mlp.fc2.weight"], teacher.visual.blocks[3].mlp.fc2.weight)

@@ -3,7 +3,8 @@
 - Manual: every block list (`…blocks.<i>.` / `…resblocks.<i>.`; fastvit's per-stage `stages.<s>.blocks.<i>.` are
   separate lists) is subsampled uniformly, "interval_front": student layer i ← teacher layer i·⌊L_t/L_s⌋; every
   tensor is front-sliced to the student's shape (`teacher[:s0, :s1, …]`), except the packed q/k/v projections,
-  which are viewed as (3, H, d_h, d_in) and sliced to the first H_s heads and first d_in_s inputs (d_h must match);
+  which are viewed as (3, H, d_h, d_in) and sliced to the first H_s heads and first d_in_s inputs (d_h must match),
+  and a ViT's image position table at another patch grid, which is resampled to the student's grid first;
   single-element tensors (the logit scale, BN counters) are copied whole.
 - Automatic: the student IS the teacher with masks on it (`inherit_automatic` returns a trainable copy).
 """
@@ -15,6 +16,7 @@ import re
 from collections import defaultdict
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 _BLOCK = re.compile(r"^(?P<prefix>(?:.*\.)?(?:blocks|resblocks))\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -74,6 +76,8 @@ def inherit_manual(student: nn.Module, teacher: nn.Module) -> dict[str, str]:
         source = teacher_state[source_key]
         if key.endswith(_PACKED_QKV):
             inherited[key] = _slice_packed_qkv(key, source, target, student, teacher, source_key)
+        elif key.endswith("pos_embed") and source.shape[1] != target.shape[1]:
+            inherited[key] = _front_slice(key, _resampled_grid(key, source, student, teacher), target.shape)
         elif source.numel() == 1 and target.numel() == 1:
             inherited[key] = source.clone()
         else:
@@ -89,6 +93,24 @@ def _front_slice(key: str, source: torch.Tensor, shape: torch.Size) -> torch.Ten
             f"'{key}': student shape {tuple(shape)} does not fit in teacher shape {tuple(source.shape)}"
         )
     return source[tuple(slice(0, s) for s in shape)].clone()
+
+
+def _resampled_grid(key: str, source: torch.Tensor, student: nn.Module, teacher: nn.Module) -> torch.Tensor:
+    """A ViT's image position table resampled to the student's patch grid (a student at another resolution, e.g.
+    `model.image_size`), as timm resamples it for a new input size. A front slice would give the student the
+    teacher's first rows of positions instead of its whole grid, at the wrong places."""
+    owner = key.rsplit(".", 1)[0]
+    student_vit, teacher_vit = student.get_submodule(owner), teacher.get_submodule(owner)
+    if not (hasattr(student_vit, "patch_embed") and hasattr(teacher_vit, "patch_embed")):
+        raise InheritanceError(f"'{key}': {source.shape[1]} positions in the teacher, a different number here")
+    if student_vit.num_prefix_tokens != teacher_vit.num_prefix_tokens:
+        raise InheritanceError(f"'{key}': the student and the teacher have different class/register tokens")
+    return resample_abs_pos_embed(
+        source,
+        new_size=list(student_vit.patch_embed.grid_size),
+        old_size=list(teacher_vit.patch_embed.grid_size),
+        num_prefix_tokens=teacher_vit.num_prefix_tokens,
+    )
 
 
 def _slice_packed_qkv(
