@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -127,19 +128,21 @@ def test_one_and_two_stage_schedules_run_from_one_study_file(
 def test_an_auto_inherited_student_takes_the_run_model_axes_and_resumes(
     small_shapes: Path, reinforced_small: Path, tmp_path: Path
 ) -> None:
-    """inherit: auto trains a copy of the teacher, so `model.image_size` and `model.attention` used to be dropped
-    without a word (the 64 px softmax teacher trained as itself) and the resume, which rebuilds by name with the
-    axes, could not load the checkpoint. Now the copy takes the axes: 32 px (16 patches + class token) and a
-    learnable sigmoid bias in every block, and a run stopped at step 6 resumes to the end."""
+    """inherit: auto trains a copy of the teacher, so `model.image_size`, `model.attention` and the logit-scale
+    clamp used to be dropped without a word (the 64 px softmax teacher trained as itself) and the resume, which
+    rebuilds by name with the axes, could not load the checkpoint. Now the copy takes the axes: 32 px (16 patches
+    + class token), a learnable sigmoid bias in every block and the clamp; a run stopped at step 6 resumes."""
     teacher = TrainConfig.model_validate(fast_config(tmp_path / "teacher", small_shapes, {"train.steps": 2}))
     train(teacher)
     axes = {"model.image_size": 32, "model.attention": "sigmoid", "model.sigmoid_bias": "learnable"}
+    axes["model.max_logit_scale"] = 10.0  # below the teacher's ~14: the clamp binds from the first step
     inherit = {"compression.inherit": "auto", "compression.teacher_checkpoint": teacher.run_dir}
     config = staged_config(tmp_path / "student", small_shapes, reinforced_small, **axes, **inherit)
     first = train(config, [lambda step, metrics: step == 6])
     assert first.stopped_early and first.steps == 6
     state = torch.load(latest_checkpoint(Path(config.run_dir) / "checkpoints").path)["model"]
     assert state["visual.pos_embed"].shape[:2] == (1, 17)  # the width is pruned by then
+    assert state["logit_scale"] <= math.log(10.0) + 1e-6
     assert {name for name in state if name.endswith("attn.bias_offset")} == {
         f"{tower}.blocks.{i}.attn.bias_offset" for tower, depth in (("visual", 4), ("text", 3)) for i in range(depth)
     }

@@ -9,6 +9,7 @@ its softmax twin (same seed) starts from, which keeps paired ablations paired.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 
 from open_clip.transformer import TextTransformer
@@ -52,13 +53,14 @@ def build_model(config: ModelConfig, pretrained: bool = False) -> CLIP:
 
 
 def apply_axes(model: CLIP, config: ModelConfig) -> CLIP:
-    """Apply the config's resolution, text-tower shape, attention and token merging to `model` in place.
+    """Apply the config's resolution, logit-scale clamp, text-tower shape, attention and token merging to `model`.
 
     Separate from building so that a student that is not built by name (TinyCLIP's automatic inheritance
     trains a copy of its teacher) takes the same axes as one that is: otherwise `model.image_size` or
     `model.attention` would be dropped without a word, and a resume (which rebuilds by name) would train a
     different model from the one the run started with."""
     spec = attention_spec(config)
+    model.max_log_scale = math.log(config.max_logit_scale)
     if config.image_size is not None and config.image_size != model.inputs.image_size:
         _resize_images(model, config.image_size, config.name)
     try:
