@@ -1,84 +1,84 @@
-"""Tracking data to tables, plots and reports; reads MLflow only, never imports the training code."""
+"""Tracking data to tables, plots and reports; reads MLflow only, never imports the training code.
 
-from ablate.analysis.compare import Difference, bootstrap, compare_to_baseline, difference, holm, welch
-from ablate.analysis.comparison_report import build_comparison_report, comparison_table, shared_objectives
-from ablate.analysis.figures import PlannedFigure, plan_figures
-from ablate.analysis.histories import load_histories
-from ablate.analysis.importance import Importances, param_importances
-from ablate.analysis.param_plots import plot_heatmap, plot_metric_curve, plot_metric_vs_param, plot_training_curves
-from ablate.analysis.pareto import pareto_front, pareto_mask
-from ablate.analysis.plots import config_label, config_labels, save_figure, set_style
-from ablate.analysis.references import MOBILECLIP_LAMBDA_FLICKR, MOBILECLIP_LAMBDA_IN1K, PaperCurve, paper_reference
-from ablate.analysis.report import NoFinishedTrialsError, ReportError, build_report
-from ablate.analysis.result_plots import (
-    plot_compute,
-    plot_metric_vs_sparsity,
-    plot_retrieval,
-    plot_study_comparison,
-    plot_tradeoff,
-    realised_sparsity,
-)
-from ablate.analysis.runs import StudyNotFoundError, finished, load_runs, metric_columns, study_info
-from ablate.analysis.stats import format_mean_ci, summarise, summarise_metrics, varied_params
-from ablate.analysis.study_data import StudyData, load_study_data
-from ablate.analysis.summary import header_markdown, reproduce_markdown, summary_markdown
-from ablate.analysis.tables import cost_table, final_metrics_table, objective_results, results_table, trials_table
+The names below load their module on first use (PEP 562): `ablate train` and the launcher import one small
+helper (`ablate.analysis.formatting`) and should not pay for pandas, matplotlib and scipy, which the report
+modules import (1.4 s of every training process's shutdown on a 2-core CPU when this file imported them all).
+"""
 
-__all__ = [
-    "MOBILECLIP_LAMBDA_FLICKR",
-    "MOBILECLIP_LAMBDA_IN1K",
-    "Difference",
-    "Importances",
-    "NoFinishedTrialsError",
-    "PaperCurve",
-    "PlannedFigure",
-    "ReportError",
-    "StudyData",
-    "StudyNotFoundError",
-    "bootstrap",
-    "build_comparison_report",
-    "build_report",
-    "compare_to_baseline",
-    "comparison_table",
-    "config_label",
-    "config_labels",
-    "cost_table",
-    "difference",
-    "final_metrics_table",
-    "finished",
-    "format_mean_ci",
-    "header_markdown",
-    "holm",
-    "load_histories",
-    "load_runs",
-    "load_study_data",
-    "metric_columns",
-    "objective_results",
-    "paper_reference",
-    "param_importances",
-    "pareto_front",
-    "pareto_mask",
-    "plan_figures",
-    "plot_compute",
-    "plot_heatmap",
-    "plot_metric_curve",
-    "plot_metric_vs_param",
-    "plot_metric_vs_sparsity",
-    "plot_retrieval",
-    "plot_study_comparison",
-    "plot_tradeoff",
-    "plot_training_curves",
-    "realised_sparsity",
-    "reproduce_markdown",
-    "results_table",
-    "save_figure",
-    "set_style",
-    "shared_objectives",
-    "study_info",
-    "summarise",
-    "summarise_metrics",
-    "summary_markdown",
-    "trials_table",
-    "varied_params",
-    "welch",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULE_OF: dict[str, str] = {
+    "Difference": "compare",
+    "bootstrap": "compare",
+    "compare_to_baseline": "compare",
+    "difference": "compare",
+    "holm": "compare",
+    "welch": "compare",
+    "build_comparison_report": "comparison_report",
+    "comparison_table": "comparison_report",
+    "shared_objectives": "comparison_report",
+    "PlannedFigure": "figures",
+    "plan_figures": "figures",
+    "load_histories": "histories",
+    "Importances": "importance",
+    "param_importances": "importance",
+    "plot_heatmap": "param_plots",
+    "plot_metric_curve": "param_plots",
+    "plot_metric_vs_param": "param_plots",
+    "plot_training_curves": "param_plots",
+    "pareto_front": "pareto",
+    "pareto_mask": "pareto",
+    "config_label": "plots",
+    "config_labels": "plots",
+    "save_figure": "plots",
+    "set_style": "plots",
+    "MOBILECLIP_LAMBDA_FLICKR": "references",
+    "MOBILECLIP_LAMBDA_IN1K": "references",
+    "PaperCurve": "references",
+    "paper_reference": "references",
+    "NoFinishedTrialsError": "report",
+    "ReportError": "report",
+    "build_report": "report",
+    "plot_compute": "result_plots",
+    "plot_metric_vs_sparsity": "result_plots",
+    "plot_retrieval": "result_plots",
+    "plot_study_comparison": "result_plots",
+    "plot_tradeoff": "result_plots",
+    "realised_sparsity": "result_plots",
+    "StudyNotFoundError": "runs",
+    "finished": "runs",
+    "load_runs": "runs",
+    "metric_columns": "runs",
+    "study_info": "runs",
+    "format_mean_ci": "stats",
+    "summarise": "stats",
+    "summarise_metrics": "stats",
+    "varied_params": "stats",
+    "StudyData": "study_data",
+    "load_study_data": "study_data",
+    "header_markdown": "summary",
+    "reproduce_markdown": "summary",
+    "summary_markdown": "summary",
+    "cost_table": "tables",
+    "final_metrics_table": "tables",
+    "objective_results": "tables",
+    "results_table": "tables",
+    "trials_table": "tables",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-from mlflow import MlflowClient
 
+from ablate.analysis.mlflow_client import MlflowClient
 from ablate.analysis.runs import load_runs, metric_name
 
 HISTORY_COLUMNS = ["run_id", "trial_number", "config_hash", "seed", "baseline", "metric", "step", "value"]

@@ -11,11 +11,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import nbformat
-from mlflow import MlflowClient
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 from nbformat import NotebookNode
 
+from ablate.analysis.mlflow_client import MlflowClient
 from ablate.analysis.notebook import fill_parameters, parse_percent
 from ablate.analysis.plots import FIGURE_FORMATS
 from ablate.analysis.runs import has_finished_trials, study_info

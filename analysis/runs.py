@@ -10,19 +10,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
 import pandas as pd
 
-with warnings.catch_warnings():
-    # mlflow imports tqdm.auto, which warns in Jupyter kernels without ipywidgets; the warning would land in
-    # every report notebook, and it is about progress bars that reports never show.
-    warnings.filterwarnings("ignore", message="IProgress not found")
-    from mlflow import MlflowClient
-    from mlflow.entities import Experiment, Run
+from ablate.analysis.mlflow_client import Experiment, MlflowClient, Run
 
 PARAM_PREFIX = "param."
 METRIC_PREFIX = "metric."

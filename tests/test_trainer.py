@@ -189,3 +189,34 @@ def test_the_train_command_leaves_a_complete_run(tmp_path: Path, shapes_root: Pa
     assert latest_checkpoint(Path(tree["run_dir"]) / "checkpoints").step == 10
     run = MlflowClient(tracking_uri=tree["tracking"]["uri"]).get_run(run_id)
     assert run.info.status == "FINISHED" and "eval/zeroshot/mean_top1" in run.data.metrics
+
+
+def test_mlflow_runs_beside_training_not_in_its_process(tmp_path: Path, shapes_root: Path) -> None:
+    """The MLflow run is opened and written by a helper process (core/training/tracker_opening.py): importing
+    MLflow on a thread of the trainer held its GIL and delayed the first steps by ~1.8 s. The trainer's process
+    never imports MLflow (nor pandas, which MLflow and the report modules import), and the run still records
+    everything: step-0 records, training metrics, the final evaluation, FINISHED."""
+    tree = fast_config(tmp_path, shapes_root, {"train.steps": 10, "train.eval_every": 10})
+    probe = (
+        "import json, sys; from ablate.core.config.sections import TrainConfig; "
+        "from ablate.core.training.trainer import train; "
+        f"train(TrainConfig.model_validate(json.loads({json.dumps(json.dumps(tree))}))); "
+        "print(sorted(m for m in ('mlflow', 'pandas') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    run_id = json.loads((Path(tree["run_dir"]) / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=tree["tracking"]["uri"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "eval/zeroshot/mean_top1" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run_id, "model/params_total")] == [0]
+    assert run.data.tags["ablate.lr_schedule"]  # a step-0 tag, written by the helper as the run opened
+
+
+def test_a_run_whose_tracking_cannot_open_fails_with_the_reason(tmp_path: Path, shapes_root: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    tree = fast_config(tmp_path, shapes_root, {"tracking.uri": f"sqlite:///{blocked / 'mlflow.db'}"})
+    with pytest.raises(Exception, match="not-a-folder"):
+        train(TrainConfig.model_validate(tree))

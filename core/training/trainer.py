@@ -43,7 +43,7 @@ from ablate.core.training.objective import TeacherSource, compute_loss
 from ablate.core.training.optim import build_optimizer, run_learning_rate, schedule_tag, set_learning_rate
 from ablate.core.training.progress import RunProgress
 from ablate.core.training.runtime import configure_threads, ignore_job_signals, resolve_device, seed_everything
-from ablate.core.training.tracker_opening import FirstRecords, TrackerOpening
+from ablate.core.training.tracker_opening import FirstRecords, RemoteTracker, TrackerOpening
 
 if TYPE_CHECKING:
     from ablate.core.training.tracking import RunTracker
@@ -98,14 +98,14 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.opening = None  # the MLflow run, opened on a thread as training starts (tracker_opening.py)
+        self.opening = None  # the MLflow run, opened by a helper process as training starts (tracker_opening.py)
         if self.group.is_main:  # only rank 0 writes the run folder's records and logs
             # The run folder describes itself (export, teachers and inheritance read it), tracked or not.
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
             self.opening = TrackerOpening(config, self.run_dir) if config.tracking.enabled else None
 
     @property
-    def tracker(self) -> RunTracker | None:
+    def tracker(self) -> RemoteTracker | None:
         """The run's MLflow tracker, waited for; None where this rank or run is untracked."""
         return self.opening.tracker() if self.opening is not None else None
 
@@ -262,7 +262,7 @@ class Trainer:
     def _loop(self, result: TrainResult, first_records: FirstRecords | None) -> None:
         config, settings = self.config, self.config.train
         batches = iter(self.loader) if self.start_step < settings.steps else iter(())  # forks the loader workers
-        if self.opening is not None:  # then the thread: no worker is forked while it imports
+        if self.opening is not None:  # then the tracking helper: forked once, after the loader workers
             self.opening.start(first_records)
         bf16 = self.step.precision == "bf16"  # evaluation autocasts too
         clock = DataWaitClock()
