@@ -128,7 +128,7 @@ def attainable_ceiling(intervals: list[tuple[float, float, float]], slots: int) 
     first_extra = max(0.0, statistics.median(overheads[:slots]) - later)
     jobs = [end - start + later for _, start, end in ordered]
     makespan = best_packing_makespan(jobs, slots) + first_extra
-    return sum(end - submitted for submitted, _, end in ordered) / (slots * makespan)
+    return (sum(jobs) + slots * first_extra) / (slots * makespan)
 
 
 def measure(folder: Path, tracking_uri: str, slots: int, began: float, ended: float) -> dict[str, float]:
