@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ablate.train")
 
 FirstRecords = Callable[["RunTracker"], None]
-HELPER_NICENESS = 19  # the helper only ever waits on sqlite or the trainer: it yields the cores to training
+# Lowest priority: it yields the cores to training, and cannot starve it, since a trainer waiting for its
+# answer sleeps and leaves its core to the helper.
+HELPER_NICENESS = 19
 
 
 class RemoteTracker:
