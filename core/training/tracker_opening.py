@@ -8,7 +8,7 @@ workers are forked imports it on another core, without the trainer's GIL, and at
 trainer talks to it through a pipe with `RemoteTracker`, whose calls wait for their answer, so an MLflow error
 is raised in the trainer where the call was made, as before. Whatever needs the run (the first log, an
 evaluation, the run's end or a failure) waits for it to be open; an error opening it is raised there, so a run
-whose tracking cannot start still fails, a few steps later than the first step.
+whose tracking cannot start still fails, at its first log instead of before its first step.
 
 The helper ignores the job signals (SLURM's USR2 and TERM, Ctrl-C): the trainer decides how the run ends and
 tells it. It leaves when told to finish or when the trainer's end of the pipe closes (the trainer died: the
